@@ -1,0 +1,123 @@
+"""Checkpoints: a folder with `aegpo_checkpoint.json` and safetensors weights, written atomically.
+
+Two forms:
+- **base** (`"form": "base"`): every weight of the policy (denoiser, text encoder) and its tokenizer.
+- **adapter** (`"form": "lora"` or `"full"`): trained denoiser weights only (LoRA adapter or the
+  full denoiser) plus a reference to the base checkpoint folder and the SHA-256 of its manifest,
+  so a checkpoint never silently loads onto the wrong base.
+
+Weights are only ever read with safetensors; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from aegpo.io_utils import atomic_directory
+from aegpo.models.base import FlowPolicy, LoraSpec
+
+MANIFEST = "aegpo_checkpoint.json"
+FORMAT = "aegpo-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A folder that is not an aegpo checkpoint, or one that does not match its base."""
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} is not an aegpo checkpoint: {MANIFEST} is missing "
+            "(expected a folder written by `aegpo pretrain` or `aegpo train`)"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise CheckpointError(f"{path}: expected format {FORMAT!r} version {VERSION}, got {manifest.get('format')!r}")
+    return manifest
+
+
+def manifest_digest(directory: str | Path) -> str:
+    return hashlib.sha256((Path(directory) / MANIFEST).read_bytes()).hexdigest()
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _policy_class(kind: str) -> type[FlowPolicy]:
+    from aegpo.models.registry import policy_class
+
+    return policy_class(kind)
+
+
+def save_base(policy: FlowPolicy, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write every weight of `policy` as a self-contained base checkpoint."""
+    with atomic_directory(directory) as tmp:
+        files = policy.save_base_files(tmp)  # type: ignore[attr-defined]
+        manifest = {"format": FORMAT, "version": VERSION, "form": "base", "policy": policy.describe(),  # type: ignore[attr-defined]
+                    "files": files, "meta": meta or {}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(directory)
+
+
+def save_trained(policy: FlowPolicy, directory: str | Path, base_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write the trained denoiser weights (LoRA adapter or full) with a reference to the base."""
+    from peft.utils import get_peft_model_state_dict
+
+    base_dir = Path(base_dir).resolve()
+    with atomic_directory(directory) as tmp:
+        if policy.lora is not None:
+            form, state = "lora", get_peft_model_state_dict(policy.transformer)
+        else:
+            form, state = "full", policy.transformer.state_dict()
+        save_file(_contiguous(state), str(tmp / "denoiser.safetensors"))
+        manifest = {
+            "format": FORMAT, "version": VERSION, "form": form, "policy": policy.describe(),  # type: ignore[attr-defined]
+            "base": {"path": str(base_dir), "manifest_sha256": manifest_digest(base_dir)},
+            "lora": None if policy.lora is None else {**policy.lora.__dict__, "target_modules": list(policy.lora.target_modules)},
+            "files": {"denoiser": "denoiser.safetensors"}, "meta": meta or {},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(directory)
+
+
+def load_policy(directory: str | Path, **policy_kwargs: Any) -> FlowPolicy:
+    """Load a base or trained checkpoint into a policy (LoRA adapters stay separate, not merged)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest["form"] == "base":
+        cls = _policy_class(manifest["policy"]["kind"])
+        return cls.load_base_files(directory, manifest, **policy_kwargs)  # type: ignore[attr-defined]
+    base = manifest["base"]
+    base_dir = Path(base["path"])
+    if not base_dir.is_absolute():
+        base_dir = (directory / base_dir).resolve()
+    if not (base_dir / MANIFEST).is_file():
+        raise CheckpointError(f"{directory}: its base checkpoint {base_dir} is missing")
+    if manifest_digest(base_dir) != base["manifest_sha256"]:
+        raise CheckpointError(f"{directory}: base checkpoint {base_dir} has changed since training (manifest hash differs)")
+    policy = load_policy(base_dir, **policy_kwargs)
+    state = load_file(str(directory / manifest["files"]["denoiser"]))
+    if manifest["form"] == "lora":
+        from peft.utils import set_peft_model_state_dict
+
+        lora = manifest["lora"]
+        policy.add_lora(LoraSpec(**{**lora, "target_modules": tuple(lora["target_modules"])}))
+        result = set_peft_model_state_dict(policy.transformer, state)
+        if getattr(result, "unexpected_keys", None):
+            raise CheckpointError(f"{directory}: unexpected adapter weights {result.unexpected_keys[:3]}")
+    else:
+        policy.transformer.load_state_dict(state)
+    return policy

@@ -1,0 +1,199 @@
+"""The `aegpo` command line.
+
+    aegpo pretrain  [--params params.yaml] [-S key.sub=value ...]
+    aegpo train     [--params params.yaml] [-S key.sub=value ...]
+    aegpo sample    --checkpoint DIR --prompt TEXT --out FILE.png
+    aegpo evaluate  [--checkpoint DIR] [--prompts FILE] --out FILE.json
+    aegpo score     --reward shapes --images DIR --prompts FILE --out FILE.json
+
+`-S` overrides use the grammar of `dvc exp run -S` (the value is YAML).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup would otherwise retry for minutes offline
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _params(args):
+    from aegpo.config import load_params
+
+    path = args.params if Path(args.params).is_file() or args.params != "params.yaml" else None
+    return load_params(path, args.set)
+
+
+def _add_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml if present)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter, e.g. -S train.rounds=5 (repeatable)")
+
+
+def cmd_pretrain(args) -> int:
+    from aegpo.pretrain import pretrain
+
+    out = pretrain(_params(args), work_dir=args.work_dir)
+    print(f"base checkpoint written to {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from aegpo.prompt_files import read_prompt_file
+    from aegpo.trainer import Trainer
+
+    params = _params(args)
+    trainer = Trainer(params, read_prompt_file(params.train.prompts), read_prompt_file(params.eval.prompts))
+    result = trainer.run()
+    before, after = result["base_eval"], result["history"][-1].get("eval") if result["history"] else None
+    print(f"\ntrained {result['rounds']} rounds ({params.train.strategy}), {result['nfe']} denoiser evaluations")
+    if before and after:
+        print(f"eval strict accuracy: {before['strict']:.3f} (base) -> {after['strict']:.3f} (trained)")
+        print(f"eval dense accuracy:  {before['dense']:.3f} (base) -> {after['dense']:.3f} (trained)")
+    print(f"checkpoint: {result['checkpoint']}\nround logs: {Path(params.train.out_dir) / 'rounds'}")
+    return 0
+
+
+def _load(checkpoint: str, guidance: float):
+    from aegpo.checkpoint import load_policy
+
+    policy = load_policy(checkpoint, guidance_scale=guidance)
+    return policy.eval()
+
+
+def cmd_sample(args) -> int:
+    import torch
+    from PIL import Image
+
+    from aegpo.rollout import StepPlan, derive_seed, generate
+
+    policy = _load(args.checkpoint, args.guidance)
+    n = args.num
+    seeds = torch.tensor([derive_seed("sample", args.seed, i) for i in range(n)])
+    rollout = generate(policy, [args.prompt], torch.zeros(n, dtype=torch.long), seeds, StepPlan.ode(n, args.steps),
+                       shift=args.shift)
+    images = rollout.images
+    grid = images[0] if n == 1 else __import__("numpy").concatenate(list(images), axis=1)
+    img = Image.fromarray(grid)
+    if args.scale > 1:
+        img = img.resize((img.width * args.scale, img.height * args.scale), Image.NEAREST)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    img.save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from aegpo.config import load_params
+    from aegpo.evaluate import evaluate
+    from aegpo.io_utils import atomic_write_json
+    from aegpo.prompt_files import read_prompt_file
+    from aegpo.rewards.registry import build_reward
+
+    params = load_params(args.params if Path(args.params).is_file() else None, args.set)
+    e = params.eval
+    reward = build_reward(params.reward.name, params.reward.weights)
+    prompts = read_prompt_file(args.prompts or e.prompts, reward.validate_prompt)
+    policy = _load(args.checkpoint or params.model.checkpoint, params.model.guidance_scale)
+    result = evaluate(policy, prompts, reward, num_steps=e.num_steps, samples_per_prompt=e.samples_per_prompt,
+                      seed=e.seed, shift=params.sampler.shift, batch_size=e.batch_size, progress=True)
+    result.pop("images")
+    result["checkpoint"] = str(args.checkpoint or params.model.checkpoint)
+    atomic_write_json(args.out, result)
+    print(f"strict {result.get('strict', float('nan')):.3f}  dense {result.get('dense', float('nan')):.3f}  "
+          f"({len(prompts)} prompts) -> {args.out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from aegpo.io_utils import atomic_write_json
+    from aegpo.prompt_files import read_prompt_file
+    from aegpo.rewards.registry import build_reward
+
+    reward = build_reward(args.reward)
+    prompts = read_prompt_file(args.prompts, reward.validate_prompt)
+    folder = Path(args.images)
+    images = []
+    for i in range(len(prompts)):
+        path = folder / f"{i:04d}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {args.prompts} has {len(prompts)} prompts, "
+                                    f"so images 0000.png..{len(prompts) - 1:04d}.png are expected")
+        images.append(np.asarray(Image.open(path).convert("RGB")))
+    result = reward(np.stack(images), prompts)
+    rows = [{"image": f"{i:04d}.png", "prompt": p, "score": float(result.score[i]),
+             **{k: float(v[i]) for k, v in result.parts.items()}} for i, p in enumerate(prompts)]
+    atomic_write_json(args.out, {"reward": args.reward, "rows": rows,
+                                 "mean_score": float(np.mean(result.score))})
+    print(f"scored {len(rows)} images, mean score {np.mean(result.score):.3f} -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aegpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="train the built-in base policy on rendered shapes")
+    _add_params(p)
+    p.add_argument("--work-dir", default="runs/pretrain", help="intermediate checkpoints")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train", help="RL fine-tuning (train.strategy picks grpo, aegpo, ...)")
+    _add_params(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate images for one prompt")
+    p.add_argument("--checkpoint", default="checkpoints/shapes-base")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="PNG file (several samples are tiled side by side)")
+    p.add_argument("--num", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--shift", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling factor of the PNG")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="strict/dense accuracy of a checkpoint on a prompt file")
+    _add_params(p)
+    p.add_argument("--checkpoint", default=None, help="default: model.checkpoint (the shipped base)")
+    p.add_argument("--prompts", default=None, help="default: eval.prompts (the eval split)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="score PNG files 0000.png, 0001.png, ... against a prompt file")
+    p.add_argument("--reward", default="shapes")
+    p.add_argument("--images", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from aegpo.checkpoint import CheckpointError
+    from aegpo.config import ParamsError
+    from aegpo.prompt_files import PromptFileError
+
+    try:
+        return args.func(args)
+    except (ParamsError, PromptFileError, CheckpointError, FileNotFoundError, KeyError, ValueError) as err:
+        if args.verbose:
+            raise
+        print(f"aegpo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

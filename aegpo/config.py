@@ -1,0 +1,245 @@
+"""Typed, validated parameters: `params.yaml` is the one place for hyperparameters.
+
+`load_params(path, overrides)` reads the YAML file, applies `key.sub=value` overrides
+(the grammar of `dvc exp run -S`: the value is parsed as YAML, an optional
+`params.yaml:` prefix is accepted), and validates everything into frozen pydantic
+models. An unknown key, a wrong type or an impossible value raises `ParamsError`
+naming the dotted key and what is expected.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ParamsError(ValueError):
+    """params.yaml or an override failed validation."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class LoraParams(Section):
+    rank: int = Field(16, ge=1, description="LoRA rank r.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    target_modules: tuple[str, ...] = Field(
+        ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+        min_length=1,
+        description="Names (suffixes) of the denoiser's linear layers that get adapters (Flow-GRPO's set).",
+    )
+    init: Literal["gaussian", "default", "pissa", "olora"] = Field(
+        "gaussian", description="peft init_lora_weights; B starts at zero for gaussian/default, so step 0 = base."
+    )
+
+
+class ModelParams(Section):
+    kind: str = Field("tiny_mmdit", description="Policy kind (aegpo.models.registry): tiny_mmdit, ...")
+    checkpoint: str = Field("checkpoints/shapes-base", description="Base checkpoint folder (relative to the project).")
+    finetune: Literal["lora", "full"] = Field("lora", description="Train LoRA adapters (reference = adapters off) or every denoiser weight (reference = frozen copy).")
+    lora: LoraParams = Field(default_factory=LoraParams, description="LoRA settings when finetune = lora.")
+    guidance_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance; 1 = none (one denoiser call per step).")
+    device: str = Field("auto", description="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
+
+
+class SamplerParams(Section):
+    num_steps: int = Field(10, ge=2, le=1000, description="Denoising steps of a training rollout.")
+    shift: float = Field(1.0, gt=0, description="Time shift of the sigma schedule: σ = s·t / (1 + (s − 1)·t), t = linspace(1, 0).")
+    sde: Literal["dance", "flow", "cps"] = Field("dance", description="Stochastic step on exploring steps: DanceGRPO, Flow-GRPO or CPS (see aegpo/samplers.py).")
+    noise_level: float = Field(0.7, ge=0, le=5, description="η (dance), a (flow) or a (cps: std = σ_next·sin(aπ/2), a ≤ 1) of the SDE.")
+    same_noise: bool = Field(False, description="All rollouts of one prompt start from the same initial noise (DanceGRPO's init_same_noise).")
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplerParams:
+        if self.sde == "cps" and self.noise_level > 1:
+            raise ValueError("noise_level: CPS needs a in [0, 1] (std = σ_next·sin(aπ/2))")
+        return self
+
+
+class RewardParams(Section):
+    name: str = Field("shapes", description="Reward (aegpo.rewards registry): shapes, ...")
+    weights: dict[str, float] = Field(
+        {"dense": 0.5, "strict": 0.5},
+        description="Weights of the reward's parts; the reward is their weighted sum (shapes: dense, strict).",
+    )
+
+
+class OptimParams(Section):
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip before each optimizer step.")
+
+
+class TrainParams(Section):
+    prompts: str = Field("data/prompts/train.txt", description="Training prompt file, one per line.")
+    strategy: str = Field("grpo", description="Strategy (aegpo.strategies registry): where to explore and how many rollouts each prompt gets.")
+    rounds: int = Field(30, ge=1, description="Rounds of sample → score → advantage → optimize.")
+    prompts_per_round: int = Field(16, ge=1, description="Prompts drawn (without replacement, cycling) per round.")
+    group_size: int = Field(8, ge=2, description="Rollouts per prompt under a uniform budget (the budget is prompts_per_round × group_size).")
+    timestep_fraction: float = Field(0.6, gt=0, le=1, description="grpo: fraction of the (non-final) steps trained per sample, chosen at random (DanceGRPO).")
+    optimizer_steps: int = Field(2, ge=1, description="Optimizer steps per round; the round's samples are split into this many minibatches (gradient accumulation inside each).")
+    micro_batch: int = Field(32, ge=1, description="Transitions per forward/backward pass (memory knob; does not change the maths).")
+    inner_epochs: int = Field(1, ge=1, description="Passes over a round's samples.")
+    clip_range: float = Field(1e-3, gt=0, description="PPO ratio clip ε.")
+    adv_clip_max: float = Field(5.0, gt=0, description="Advantages are clipped to ±this.")
+    std_floor: float = Field(0.05, ge=0, description="Group std floor in the z-score (avoids blowing up tiny reward gaps).")
+    kl_beta: float = Field(0.0, ge=0, description="Weight of the KL to the reference policy (Flow-GRPO: ‖μθ − μref‖² / 2σ²); 0 = off.")
+    optim: OptimParams = Field(default_factory=OptimParams, description="Optimizer.")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of trainable weights for evaluation/saving; 0 = off.")
+    eval_every: int = Field(10, ge=0, description="Evaluate every this many rounds (and at the end); 0 = only at the end.")
+    eval_base: bool = Field(True, description="Evaluate the base policy before round 0 (the 'before' of before/after).")
+    out_dir: str = Field("runs/train", description="Run folder: checkpoints, round logs, rollouts.")
+    save_every: int = Field(10, ge=1, description="Write a resumable checkpoint every this many rounds (and at the end).")
+
+
+class EntropyParams(Section):
+    record: bool = Field(True, description="Record attention entropy during rollouts (needed by the aegpo strategies).")
+    layers: list[int] | Literal["all"] = Field("all", description="Joint-attention layers (block indices) to record; negative indices count from the end.")
+    heads: list[int] | Literal["all"] = Field("all", description="Heads to record.")
+    keys: Literal["all", "text"] = Field("all", description="Entropy over all keys, or over the text keys with the softmax renormalised on them.")
+    normalize: bool = Field(False, description="Divide by log(number of keys), giving entropy in [0, 1].")
+    query_stride: int = Field(1, ge=1, description="Use every n-th image query (subsampling cuts the cost).")
+    chunk_size: int = Field(1024, ge=1, description="Image queries per chunk of the log-sum-exp computation (bounds memory).")
+
+
+class EvalParams(Section):
+    prompts: str = Field("data/prompts/eval.txt", description="Evaluation prompt file, one per line.")
+    num_steps: int = Field(20, ge=1, description="ODE steps for evaluation samples.")
+    samples_per_prompt: int = Field(1, ge=1, description="Images per prompt (seeds 0..n−1 offset by prompt index).")
+    seed: int = Field(1234, description="Base seed of evaluation noise: fixed so evaluations are comparable.")
+    batch_size: int = Field(100, ge=1, description="Images per denoiser batch.")
+
+
+class PretrainParams(Section):
+    out: str = Field("checkpoints/shapes-base", description="Where the base checkpoint is written.")
+    steps: int = Field(6000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Rendered (image, caption) pairs per step.")
+    lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (linear warm-up, cosine decay).")
+    warmup: int = Field(300, ge=0, description="Warm-up steps.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the shipped weights.")
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of an empty caption (enables guidance).")
+    sigma_sampling: Literal["logit_normal", "uniform"] = Field("logit_normal", description="Training σ distribution (SD3: logit-normal(0, 1)).")
+    save_every: int = Field(500, ge=1, description="Write an intermediate checkpoint every this many steps.")
+    eval_every: int = Field(1000, ge=0, description="Evaluate strict accuracy every this many steps (0 = never).")
+    seed: int = Field(0, description="Seed of initialisation, data and noise.")
+
+
+class Params(Section):
+    seed: int = Field(0, description="Global seed of a training run (prompt order, noise, LoRA init).")
+    model: ModelParams = Field(default_factory=ModelParams, description="Policy.")
+    sampler: SamplerParams = Field(default_factory=SamplerParams, description="Rollout sampler.")
+    reward: RewardParams = Field(default_factory=RewardParams, description="Reward.")
+    train: TrainParams = Field(default_factory=TrainParams, description="RL training.")
+    entropy: EntropyParams = Field(default_factory=EntropyParams, description="Attention-entropy recording.")
+    eval: EvalParams = Field(default_factory=EvalParams, description="Evaluation.")
+    pretrain: PretrainParams = Field(default_factory=PretrainParams, description="Base-model pretraining (shapes world).")
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        fraction_steps = int((self.sampler.num_steps - 1) * self.train.timestep_fraction)
+        if self.train.strategy == "grpo" and fraction_steps < 1:
+            raise ValueError(
+                f"train.timestep_fraction: {self.train.timestep_fraction} of {self.sampler.num_steps - 1} "
+                "trainable steps is zero steps; raise it or sampler.num_steps"
+            )
+        return self
+
+
+# ----- loading ---------------------------------------------------------------------------------
+
+
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=value' (or 'params.yaml:a.b=value') → (['a', 'b'], YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r}: expected key.sub=value")
+    key = key.strip()
+    if ":" in key:  # dvc's file prefix
+        file_part, _, key = key.rpartition(":")
+        if not file_part.endswith((".yaml", ".yml")):
+            raise ParamsError(f"override {text!r}: expected [params.yaml:]key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"override {text!r}: value is not valid YAML ({err})") from None
+    if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.2 (DVC's parser) reads 1e-4 as a number; PyYAML's 1.1 does not
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each override set (intermediate mappings are created)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ParamsError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {key!r}")
+        else:
+            lines.append(f"{source}: {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err, source)) from None
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read `path` (None → all defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ParamsError(f"params file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ParamsError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return params_from_dict(apply_overrides(raw, overrides or []), source)
+
+
+def flatten(params: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Dotted key → value, for trackers (MLflow params) and dvc.yaml checks."""
+    out: dict[str, Any] = {}
+    for name in type(params).model_fields:
+        value = getattr(params, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,252 @@
+"""The RL trainer: each round reads sample → score → advantage → optimize.
+
+`Trainer(params).run()` trains `train.rounds` rounds, resuming from `out_dir/state` when
+it exists. Each round's record (a plain dict, see `RoundRecord` keys in docs/) is written
+to `out_dir/rounds/round-NNNN.json` and passed to the `on_round` callbacks, which is how
+trackers (MLflow, in flows/) observe training without the library importing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aegpo.checkpoint import load_policy, save_trained
+from aegpo.config import Params, flatten
+from aegpo.ema import EMA
+from aegpo.entropy.recorder import EntropyRecorder
+from aegpo.evaluate import evaluate
+from aegpo.grpo import UpdateConfig, group_advantages, policy_update
+from aegpo.io_utils import atomic_write_json
+from aegpo.models.base import LoraSpec
+from aegpo.prompt_files import read_prompt_file
+from aegpo.rewards.registry import build_reward
+from aegpo.rollout import StepPlan, derive_seed, generate, sample_seeds
+from aegpo.strategies.base import RoundContext, expand_groups
+from aegpo.strategies.registry import build_strategy
+from aegpo.train_state import load_state, optimizer_from_tensors, save_state
+
+log = logging.getLogger(__name__)
+RoundCallback = Callable[[dict[str, Any]], None]
+RESUME_MAY_CHANGE = ("train.rounds", "train.eval_every", "train.save_every", "eval.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, params: Params, train_prompts: list[str], eval_prompts: list[str] | None = None,
+                 project_dir: str | Path = ".", progress: bool = True) -> None:
+        self.params, self.progress = params, progress
+        self.project_dir = Path(project_dir)
+        self.out_dir = self.project_dir / params.train.out_dir
+        if params.model.threads:
+            torch.set_num_threads(params.model.threads)
+        self.reward = build_reward(params.reward.name, params.reward.weights)
+        for p in train_prompts + (eval_prompts or []):
+            self.reward.validate_prompt(p)
+        self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
+        self.base_dir = self.project_dir / params.model.checkpoint
+        self.policy = load_policy(self.base_dir, guidance_scale=params.model.guidance_scale)
+        self.policy.to(resolve_device(params.model.device))
+        if params.model.finetune == "lora":
+            lp = params.model.lora
+            self.policy.add_lora(LoraSpec(lp.rank, lp.alpha, tuple(lp.target_modules), lp.init), seed=params.seed)
+        else:
+            self.policy.set_full_finetune()
+        self.named_trainable = {n: p for n, p in self.policy.transformer.named_parameters() if p.requires_grad}
+        o = params.train.optim
+        self.optimizer = torch.optim.AdamW(list(self.named_trainable.values()), lr=o.lr, betas=o.betas,
+                                           eps=o.eps, weight_decay=o.weight_decay)
+        self.ema = EMA(list(self.named_trainable.values()), params.train.ema_decay) if params.train.ema_decay else None
+        self.recorder = EntropyRecorder.from_params(params.entropy) if params.entropy.record else None
+        if self.recorder is not None:
+            self.recorder.install(self.policy)
+        self.strategy = build_strategy(params)
+        self.callbacks: list[RoundCallback] = []
+        self.round, self.nfe, self.history = 0, 0, []
+        self.base_eval: dict[str, Any] | None = None
+        self._resume()
+
+    # ----- the loop --------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        p = self.params
+        if self.round == 0 and p.train.eval_base and self.eval_prompts and self.base_eval is None:
+            self.base_eval = self.evaluate()
+            atomic_write_json(self.out_dir / "eval_base.json", self.base_eval)
+        while self.round < p.train.rounds:
+            r, times = self.round, {}
+            ctx = self._context(r)
+            t0 = time.perf_counter()
+            plan = self.strategy.plan_round(ctx)                                     # where/how much to explore
+            rollout = self._sample(ctx, plan)                                        # sample
+            times["sample"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            sample_prompts = [ctx.prompts[i] for i in rollout.prompt_index]
+            scored = self.reward(rollout.images, sample_prompts)                     # score
+            adv = group_advantages(torch.from_numpy(scored.score), rollout.prompt_index,
+                                   p.train.std_floor, p.train.adv_clip_max)          # advantage
+            times["score"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            stats = policy_update(self.policy, self.optimizer, rollout, adv, self._cond, self._update_cfg(),
+                                  torch.Generator().manual_seed(derive_seed(p.seed, "update", r)))  # optimize
+            if self.ema is not None:
+                self.ema.update()
+            times["optimize"] = time.perf_counter() - t0
+            self.nfe += rollout.nfe + plan.probe_nfe
+            record = self._record(ctx, plan, rollout, scored, adv, stats, times)
+            record.update(self.strategy.observe(ctx, rollout, scored.score))
+            self.round = r + 1
+            if p.train.eval_every and self.round % p.train.eval_every == 0 or self.round == p.train.rounds:
+                record["eval"] = self.evaluate()
+            self._finish_round(record)
+        return {"rounds": self.round, "nfe": self.nfe, "history": self.history, "base_eval": self.base_eval,
+                "checkpoint": str(self.out_dir / "checkpoint")}
+
+    # ----- pieces ----------------------------------------------------------------------------
+    def _context(self, r: int) -> RoundContext:
+        p = self.params
+        ids = self._prompt_ids(r)
+        prompts = [self.train_prompts[i] for i in ids]
+        self._cond = self.policy.encode_prompts(prompts)
+        return RoundContext(round=r, prompts=prompts, prompt_ids=ids, num_steps=p.sampler.num_steps,
+                            rng=np.random.default_rng(derive_seed(p.seed, "plan", r) % 2**63),
+                            probe=self._probe)
+
+    def _prompt_ids(self, r: int) -> list[int]:
+        """Prompts of round r: consecutive slices of per-epoch seeded permutations of the train set."""
+        n, k = len(self.train_prompts), self.params.train.prompts_per_round
+        ids: list[int] = []
+        pos = r * k
+        while len(ids) < k:
+            epoch, offset = divmod(pos, n)
+            perm = np.random.default_rng(derive_seed(self.params.seed, "epoch", epoch) % 2**63).permutation(n)
+            take = perm[offset : offset + k - len(ids)].tolist()
+            ids += take
+            pos += len(take)
+        return ids
+
+    def _sample(self, ctx: RoundContext, plan) -> Any:
+        s = self.params.sampler
+        prompt_index, rank = expand_groups(plan.group_sizes)
+        seeds = sample_seeds(derive_seed(self.params.seed, "rollout", ctx.round), prompt_index, rank, s.same_noise)
+        self.policy.eval()
+        return generate(self.policy, ctx.prompts, prompt_index, seeds, plan.plan, sde=s.sde, noise_level=s.noise_level,
+                        shift=s.shift, cond=self._cond, recorder=self.recorder, progress=self.progress)
+
+    def _probe(self, prompts: list[str]):
+        """One ODE trajectory per prompt under the current policy with entropy recording (fixed seeds)."""
+        if self.recorder is None:
+            raise ValueError("this strategy needs entropy.record: true")
+        n, t = len(prompts), self.params.sampler.num_steps
+        seeds = torch.tensor([derive_seed("probe", self.params.seed, q) for q in prompts])
+        return generate(self.policy, prompts, torch.arange(n), seeds, StepPlan.ode(n, t), shift=self.params.sampler.shift,
+                        recorder=self.recorder)
+
+    def _update_cfg(self) -> UpdateConfig:
+        t, s = self.params.train, self.params.sampler
+        return UpdateConfig(sde=s.sde, noise_level=s.noise_level, clip_range=t.clip_range, kl_beta=t.kl_beta,
+                            max_grad_norm=t.optim.max_grad_norm, optimizer_steps=t.optimizer_steps,
+                            micro_batch=t.micro_batch, inner_epochs=t.inner_epochs)
+
+    def _record(self, ctx, plan, rollout, scored, adv, stats, times) -> dict[str, Any]:
+        idx = rollout.prompt_index.numpy()
+        per_prompt = []
+        for i, prompt in enumerate(ctx.prompts):
+            sel = idx == i
+            per_prompt.append({"prompt": prompt, "prompt_id": ctx.prompt_ids[i], "group_size": int(sel.sum()),
+                               "reward_mean": float(scored.score[sel].mean()), "reward_std": float(scored.score[sel].std())})
+        ent = rollout.entropy
+        record = {
+            "round": ctx.round, "nfe": self.nfe, "rollout_nfe": rollout.nfe, "probe_nfe": plan.probe_nfe,
+            "reward_mean": float(scored.score.mean()), "reward_std": float(scored.score.std()),
+            **{f"reward_{k}": float(v.mean()) for k, v in scored.parts.items()},
+            "adv_abs_mean": float(adv.abs().mean()), "num_samples": rollout.num_samples,
+            "sde_steps_per_sample": float(rollout.plan.sde.sum(1).float().mean()),
+            "train_steps_per_sample": float(rollout.plan.train.sum(1).float().mean()),
+            **stats, **{f"seconds_{k}": v for k, v in times.items()},
+            "per_prompt": per_prompt, "plan": plan.info,
+            "entropy_t": None if ent is None else ent.mean(0).tolist(),
+        }
+        return record
+
+    def evaluate(self) -> dict[str, Any]:
+        if not self.eval_prompts:
+            return {}
+        e = self.params.eval
+        self.policy.eval()
+        ctx = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+        with ctx:
+            result = evaluate(self.policy, self.eval_prompts, self.reward, num_steps=e.num_steps,
+                              samples_per_prompt=e.samples_per_prompt, seed=e.seed, shift=self.params.sampler.shift,
+                              batch_size=e.batch_size, progress=self.progress)
+        self.last_eval_images = result.pop("images")
+        return result
+
+    def _finish_round(self, record: dict[str, Any]) -> None:
+        self.history.append({k: v for k, v in record.items() if k not in ("per_prompt",)})
+        atomic_write_json(self.out_dir / "rounds" / f"round-{record['round']:04d}.json", record)
+        for cb in self.callbacks:
+            cb(record)
+        t = self.params.train
+        if self.round % t.save_every == 0 or self.round == t.rounds:
+            self.save()
+        ev = record.get("eval", {})
+        log.info("round %d: reward %.3f nfe %d%s", record["round"], record["reward_mean"], self.nfe,
+                 f" eval strict {ev['strict']:.3f}" if "strict" in ev else "")
+
+    # ----- persistence -----------------------------------------------------------------------
+    def save(self) -> None:
+        """Resumable state, then the final-form checkpoint (EMA weights when EMA is on)."""
+        info = {"round": self.round, "nfe": self.nfe, "strategy": self.strategy.state_dict(),
+                "params": _json_params(self.params)}
+        save_state(self.out_dir / "state", self.named_trainable, self.optimizer,
+                   self.ema.state_tensors() if self.ema else {}, info)
+        ctx = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+        with ctx:
+            save_trained(self.policy, self.out_dir / "checkpoint", self.base_dir,
+                         meta={"round": self.round, "nfe": self.nfe, "params": _json_params(self.params)})
+
+    def _resume(self) -> None:
+        state_dir = self.out_dir / "state"
+        if not (state_dir / "state.json").is_file():
+            return
+        trainable, opt_tensors, ema, info = load_state(state_dir)
+        changed = sorted(k for k, v in _json_params(self.params).items()
+                         if info["params"].get(k) != v and not k.startswith(RESUME_MAY_CHANGE))
+        if changed:
+            raise ValueError(f"{state_dir} was written with different parameters ({', '.join(changed)}); "
+                             "use another train.out_dir or delete the folder to start over")
+        with torch.no_grad():
+            for name, p in self.named_trainable.items():
+                p.copy_(trainable[name])
+        optimizer_from_tensors(self.optimizer, opt_tensors, info["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_tensors(ema)
+        self.strategy.load_state_dict(info["strategy"])
+        self.round, self.nfe = info["round"], info["nfe"]
+        base_eval = self.out_dir / "eval_base.json"
+        if base_eval.is_file():
+            self.base_eval = json.loads(base_eval.read_text(encoding="utf-8"))
+        for r in range(self.round):
+            path = self.out_dir / "rounds" / f"round-{r:04d}.json"
+            if path.is_file():
+                rec = json.loads(path.read_text(encoding="utf-8"))
+                self.history.append({k: v for k, v in rec.items() if k != "per_prompt"})
+        log.info("resumed %s at round %d", self.out_dir, self.round)
+
+
+def _json_params(params: Params) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in flatten(params).items()}, default=list))
+
