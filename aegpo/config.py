@@ -17,6 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+STRATEGIES_WITH_K = ("aegpo_local", "aegpo", "random_k")  # strategies that explore aegpo.peaks_k steps
+
+
 class ParamsError(ValueError):
     """params.yaml or an override failed validation."""
 
@@ -83,7 +86,7 @@ class TrainParams(Section):
     strategy: str = Field("grpo", description="Strategy (aegpo.strategies registry): where to explore and how many rollouts each prompt gets.")
     rounds: int = Field(30, ge=1, description="Rounds of sample → score → advantage → optimize.")
     prompts_per_round: int = Field(16, ge=1, description="Prompts drawn (without replacement, cycling) per round.")
-    group_size: int = Field(8, ge=2, description="Rollouts per prompt under a uniform budget (the budget is prompts_per_round × group_size).")
+    group_size: int = Field(12, ge=2, description="Rollouts per prompt under a uniform budget (the budget is prompts_per_round × group_size).")
     timestep_fraction: float = Field(0.6, gt=0, le=1, description="grpo: fraction of the (non-final) steps trained per sample, chosen at random (DanceGRPO).")
     optimizer_steps: int = Field(2, ge=1, description="Optimizer steps per round; the round's samples are split into this many minibatches (gradient accumulation inside each).")
     micro_batch: int = Field(32, ge=1, description="Transitions per forward/backward pass (memory knob; does not change the maths).")
@@ -108,6 +111,40 @@ class EntropyParams(Section):
     normalize: bool = Field(False, description="Divide by log(number of keys), giving entropy in [0, 1].")
     query_stride: int = Field(1, ge=1, description="Use every n-th image query (subsampling cuts the cost).")
     chunk_size: int = Field(1024, ge=1, description="Image queries per chunk of the log-sum-exp computation (bounds memory).")
+
+
+class AEGPOParams(Section):
+    probe_seed: int = Field(4321, description="Noise seed of entropy probes (base profile and current policy share it, so ΔEntropy sees only the policy change).")
+    cache_dir: str = Field("cache/profiles", description="Where base-entropy profiles are cached (keyed on base checkpoint, prompt set and probe parameters).")
+    delta: Literal["absolute", "relative"] = Field("absolute", description="ΔEntropy = |E_θ − E_base| (absolute) or |E_θ − E_base| / E_base (relative).")
+    delta_aggregate: Literal["mean", "peaks"] = Field("mean", description="Aggregate Entropy(t) over all steps (mean) or over the selected peak steps only.")
+    delta_source: Literal["probe", "history"] = Field("probe", description="Current entropy from a probe pass this round (costs P·T NFE) or from the prompt's previous rollouts (free, stale; unseen prompts are probed).")
+    allocation: Literal["median_split", "proportional", "uniform"] = Field("median_split", description="Budget rule (aegpo/allocation.py).")
+    high_group: int | None = Field(None, ge=2, description="median_split: rollouts above the median; null = round(4/3 · train.group_size) (paper: 16 for 12).")
+    low_group: int | None = Field(None, ge=2, description="median_split: rollouts below the median; null = 2 · train.group_size − high_group (paper: 8); high + low must be 2 · group_size.")
+    floor: int | None = Field(None, ge=2, description="proportional: fewest rollouts a prompt gets; null = max(2, group_size // 3).")
+    ceiling: int | None = Field(None, ge=2, description="proportional: most rollouts a prompt gets; null = 2 · group_size.")
+
+    def split(self, group_size: int) -> tuple[int, int]:
+        """(high, low) group sizes of median_split."""
+        high = self.high_group if self.high_group is not None else min(round(group_size * 4 / 3), 2 * group_size - 2)
+        low = self.low_group if self.low_group is not None else 2 * group_size - high
+        return high, low
+
+    def bounds(self, group_size: int) -> tuple[int, int]:
+        """(floor, ceiling) of proportional."""
+        floor = self.floor if self.floor is not None else max(2, group_size // 3)
+        return floor, self.ceiling if self.ceiling is not None else 2 * group_size
+    peaks_k: int = Field(4, ge=1, description="K steps to explore (paper: top-4 peaks); also random_k's K.")
+    peak_rule: Literal["topk", "peaks"] = Field("topk", description="topk: K highest Entropy(t); peaks: greedy non-maximum suppression with min_spacing (aegpo/peaks.py).")
+    min_spacing: int = Field(2, ge=1, description="peaks: minimum distance in steps between chosen peaks.")
+    peak_scope: Literal["prompt", "batch"] = Field("prompt", description="Choose steps per prompt or once per round from the batch-mean Entropy(t).")
+    peak_source: Literal["probe", "base"] = Field("probe", description="Entropy(t) for the peaks: this round's probe of the current policy, or the cached base profile (free).")
+
+
+class MixGRPOParams(Section):
+    window: int = Field(4, ge=1, description="Width of the sliding SDE window (MixGRPO: 4).")
+    shift_every: int = Field(5, ge=1, description="Rounds before the window slides one step towards σ = 0 (MixGRPO: 25 iterations).")
 
 
 class EvalParams(Section):
@@ -140,11 +177,36 @@ class Params(Section):
     reward: RewardParams = Field(default_factory=RewardParams, description="Reward.")
     train: TrainParams = Field(default_factory=TrainParams, description="RL training.")
     entropy: EntropyParams = Field(default_factory=EntropyParams, description="Attention-entropy recording.")
+    aegpo: AEGPOParams = Field(default_factory=AEGPOParams, description="AEGPO: ΔEntropy budgets and entropy-peak exploration.")
+    mixgrpo: MixGRPOParams = Field(default_factory=MixGRPOParams, description="MixGRPO baseline: sliding SDE window.")
     eval: EvalParams = Field(default_factory=EvalParams, description="Evaluation.")
     pretrain: PretrainParams = Field(default_factory=PretrainParams, description="Base-model pretraining (shapes world).")
 
     @model_validator(mode="after")
     def _check(self) -> Params:
+        from aegpo.peaks import max_selectable
+
+        a, g, t = self.aegpo, self.train.group_size, self.sampler.num_steps
+        high, low = a.split(g)
+        if high + low != 2 * g or not 2 <= low <= g <= high:
+            raise ValueError(f"aegpo.high_group + aegpo.low_group must equal 2 · train.group_size = {2 * g} "
+                             f"(same budget as uniform GRPO) with 2 ≤ low ≤ group_size ≤ high, got {high} + {low}")
+        floor, ceiling = a.bounds(g)
+        if not floor <= g <= ceiling:
+            raise ValueError(f"aegpo.floor ≤ train.group_size ≤ aegpo.ceiling is needed, got {floor}, {g}, {ceiling}")
+        spacing = a.min_spacing if a.peak_rule == "peaks" else 1
+        strategy = self.train.strategy
+        from aegpo.strategies.registry import STRATEGIES
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"train.strategy: unknown strategy {strategy!r} (expected one of {sorted(STRATEGIES)})")
+        if strategy.startswith("aegpo") and not self.entropy.record:
+            raise ValueError(f"train.strategy {strategy} reads attention entropy: set entropy.record: true")
+        if strategy in STRATEGIES_WITH_K and a.peaks_k > max_selectable(t, spacing):
+            raise ValueError(f"aegpo.peaks_k: {a.peaks_k} steps cannot be chosen among the {t - 1} explorable steps "
+                             f"of sampler.num_steps = {t}" + (f" with min_spacing {spacing}" if spacing > 1 else ""))
+        if strategy == "mixgrpo" and self.mixgrpo.window > t - 1:
+            raise ValueError(f"mixgrpo.window: {self.mixgrpo.window} > {t - 1} explorable steps")
         fraction_steps = int((self.sampler.num_steps - 1) * self.train.timestep_fraction)
         if self.train.strategy == "grpo" and fraction_steps < 1:
             raise ValueError(
@@ -202,6 +264,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key {key!r}")
+        elif e["type"] == "value_error":  # a cross-field check: its message names the keys
+            lines.append(f"{source}: {str(e['msg']).removeprefix('Value error, ')}")
         else:
             lines.append(f"{source}: {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aegpo.checkpoint import load_policy, save_trained
+from aegpo.checkpoint import load_policy, manifest_digest, save_trained
 from aegpo.config import Params, flatten
 from aegpo.ema import EMA
 from aegpo.entropy.recorder import EntropyRecorder
@@ -27,9 +27,10 @@ from aegpo.evaluate import evaluate
 from aegpo.grpo import UpdateConfig, group_advantages, policy_update
 from aegpo.io_utils import atomic_write_json
 from aegpo.models.base import LoraSpec
-from aegpo.prompt_files import read_prompt_file
+from aegpo.profile import EntropyProfile, ProbeSpec, load_or_compute_base_profile, probe
 from aegpo.rewards.registry import build_reward
-from aegpo.rollout import StepPlan, derive_seed, generate, sample_seeds
+from aegpo.rollout import derive_seed, generate, sample_seeds
+from aegpo.tables import PROFILE_SCHEMA, read_table
 from aegpo.strategies.base import RoundContext, expand_groups
 from aegpo.strategies.registry import build_strategy
 from aegpo.train_state import load_state, optimizer_from_tensors, save_state
@@ -47,7 +48,8 @@ def resolve_device(name: str) -> torch.device:
 
 class Trainer:
     def __init__(self, params: Params, train_prompts: list[str], eval_prompts: list[str] | None = None,
-                 project_dir: str | Path = ".", progress: bool = True) -> None:
+                 project_dir: str | Path = ".", progress: bool = True,
+                 base_profile_path: str | Path | None = None) -> None:
         self.params, self.progress = params, progress
         self.project_dir = Path(project_dir)
         self.out_dir = self.project_dir / params.train.out_dir
@@ -74,6 +76,9 @@ class Trainer:
         if self.recorder is not None:
             self.recorder.install(self.policy)
         self.strategy = build_strategy(params)
+        self.probe_spec = ProbeSpec.from_params(params)
+        self.base_profile_path = base_profile_path
+        self.base_profile = self._load_base_profile(base_profile_path) if self.strategy.needs_base_profile else None
         self.callbacks: list[RoundCallback] = []
         self.round, self.nfe, self.history = 0, 0, []
         self.base_eval: dict[str, Any] | None = None
@@ -122,7 +127,7 @@ class Trainer:
         self._cond = self.policy.encode_prompts(prompts)
         return RoundContext(round=r, prompts=prompts, prompt_ids=ids, num_steps=p.sampler.num_steps,
                             rng=np.random.default_rng(derive_seed(p.seed, "plan", r) % 2**63),
-                            probe=self._probe)
+                            probe=self._probe, base_profile=self.base_profile)
 
     def _prompt_ids(self, r: int) -> list[int]:
         """Prompts of round r: consecutive slices of per-epoch seeded permutations of the train set."""
@@ -146,13 +151,20 @@ class Trainer:
                         shift=s.shift, cond=self._cond, recorder=self.recorder, progress=self.progress)
 
     def _probe(self, prompts: list[str]):
-        """One ODE trajectory per prompt under the current policy with entropy recording (fixed seeds)."""
-        if self.recorder is None:
-            raise ValueError("this strategy needs entropy.record: true")
-        n, t = len(prompts), self.params.sampler.num_steps
-        seeds = torch.tensor([derive_seed("probe", self.params.seed, q) for q in prompts])
-        return generate(self.policy, prompts, torch.arange(n), seeds, StepPlan.ode(n, t), shift=self.params.sampler.shift,
-                        recorder=self.recorder)
+        """Entropy probe of the current policy (aegpo.profile.probe: fixed per-prompt noise)."""
+        self.policy.eval()
+        return probe(self.policy, prompts, self.probe_spec, self.recorder)
+
+    def _load_base_profile(self, path: str | Path | None = None):
+        """The base-entropy profile of the training prompts: from `path`, or the cache (computed once)."""
+        if path is not None:
+            return EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
+        with self.policy.reference():
+            profile, path, computed = load_or_compute_base_profile(
+                self.policy, manifest_digest(self.base_dir), self.train_prompts, self.probe_spec, self.recorder,
+                self.project_dir / self.params.aegpo.cache_dir, progress=self.progress)
+        self.base_profile_path = path
+        return profile
 
     def _update_cfg(self) -> UpdateConfig:
         t, s = self.params.train, self.params.sampler

@@ -15,7 +15,7 @@ def _params(tiny_base, out, *extra):
     return load_params(None, [
         f"model.checkpoint={tiny_base}", f"train.out_dir={out}", "train.rounds=2", "train.prompts_per_round=2",
         "train.group_size=3", "sampler.num_steps=4", "eval.num_steps=3", "train.eval_every=1", "train.save_every=1",
-        "model.lora.rank=4", "entropy.layers=[0]", *extra])
+        "model.lora.rank=4", "entropy.layers=[0]", "aegpo.peaks_k=2", *extra])
 
 
 def test_one_round_smoke(tiny_base, tmp_path):

@@ -62,6 +62,7 @@ class Strategy(ABC):
     """Base class; subclasses implement `plan_round` and may keep state across rounds."""
 
     name: str = ""
+    needs_base_profile: bool = False  # the trainer loads/computes the base-entropy profile first
 
     def __init__(self, params) -> None:
         self.params = params

@@ -8,6 +8,12 @@ from aegpo.strategies.base import Strategy
 
 STRATEGIES: dict[str, str] = {
     "grpo": "aegpo.strategies.grpo:GRPOStrategy",
+    "flow_grpo": "aegpo.strategies.flow_grpo:FlowGRPOStrategy",
+    "mixgrpo": "aegpo.strategies.mixgrpo:MixGRPOStrategy",
+    "random_k": "aegpo.strategies.random_k:RandomKStrategy",
+    "aegpo_global": "aegpo.strategies.aegpo:AEGPOGlobalStrategy",
+    "aegpo_local": "aegpo.strategies.aegpo:AEGPOLocalStrategy",
+    "aegpo": "aegpo.strategies.aegpo:AEGPOStrategy",
 }
 
 

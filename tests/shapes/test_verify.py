@@ -2,11 +2,14 @@
 
 The renderer below deliberately shares no code with aegpo.shapes.render: objects have float
 sizes in [6, 10] and float positions, coverage is estimated with 8x8 stratified-jittered
-supersampling from edge functions, and optional Gaussian pixel noise, slight blur and a
-per-object colour drift are applied.
+supersampling from edge functions, and optional Gaussian pixel noise, slight blur, a
+per-object colour drift and a grey haze are applied.
 """
 
 from __future__ import annotations
+
+import time
+import zlib
 
 import numpy as np
 import pytest
@@ -141,7 +144,8 @@ VARIANTS = {
     "noise6": dict(noise=6.0),
     "noise6+blur0.5": dict(noise=6.0, blur=0.5),
     "noise6+drift30": dict(noise=6.0, drift=30.0),
-    "noise6+haze20": dict(noise=6.0, haze=20.0),
+    "noise6+haze30": dict(noise=6.0, haze=30.0),
+    "all: noise6+blur0.5+drift30+haze20": dict(noise=6.0, blur=0.5, drift=30.0, haze=20.0),
 }
 
 
@@ -151,7 +155,7 @@ from aegpo.shapes.verify import Detected, Verdict, detect, verify, verify_batch,
 
 def test_independent_renders_pass_strict():
     rng = np.random.default_rng(1234)
-    per_variant = 120  # 600 images in all
+    per_variant = 100  # 600 images in all
     total = passed = 0
     rates = {}
     fails = []
@@ -182,6 +186,7 @@ def test_touching_boxes_still_pass():
         verify_prompt(ind_draw(ind_place(kinds_of(ph), rng, rel, gap=0.0, margin=0.05), rng, noise=6.0), p).strict
         for p, ph, rel in (random_request(rng) for _ in range(n))
     )
+    print(f"strict rate {ok / n:.4f} with touching boxes")
     assert ok / n >= 0.97, f"strict rate {ok / n:.4f} with touching boxes"
 
 
@@ -230,7 +235,7 @@ def _perturb(phrases, rel, how, rng):
 
 @pytest.mark.parametrize("how", ["missing", "surplus", "unrequested", "colour", "shape", "relation"])
 def test_broken_renders_fail_strict(how):
-    rng = np.random.default_rng(hash(how) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(how.encode()))
     tried = wrong = 0
     bad = []
     while tried < 60:
@@ -240,10 +245,6 @@ def test_broken_renders_fail_strict(how):
         objs = _perturb(phrases, rel, how, rng)
         if objs is None:
             continue
-        if how == "colour" or how == "shape":
-            # a change within the request's own kinds can leave the counts intact only if it maps
-            # one asked kind to another asked kind *and back*; with one change that never happens
-            pass
         v = verify_prompt(ind_draw(objs, rng, noise=6.0), prompt)
         tried += 1
         if v.strict:
@@ -258,7 +259,8 @@ def _img(*objs, noise=0.0, seed=0):
 
 def test_dense_is_fraction_of_constraints_met():
     # compound: red circle present, only one of two blue squares
-    v = verify_prompt(_img(("red", "circle", 3, 3, 8), ("blue", "square", 18, 18, 8)), "a red circle and two blue squares")
+    img = _img(("red", "circle", 3, 3, 8), ("blue", "square", 18, 18, 8))
+    v = verify_prompt(img, "a red circle and two blue squares")
     assert v.constraints == (("1 red circle", True), ("2 blue square", False))
     assert v.dense == pytest.approx(0.5) and not v.strict and v.extra == 0
 
@@ -334,7 +336,8 @@ def _blob(mask_fn, x0=10.0, y0=10.0, s=9.0, colour="red"):
         ("sideways triangle", lambda u, v: (u >= 0) & (u <= 1) & (np.abs(v - 0.5) <= u / 2)),
         ("diamond", lambda u, v: np.abs(u - 0.5) + np.abs(v - 0.5) <= 0.5),
         ("ring", lambda u, v: (np.hypot(u - 0.5, v - 0.5) <= 0.5) & (np.hypot(u - 0.5, v - 0.5) >= 0.3)),
-        ("cross", lambda u, v: ((np.abs(u - 0.5) <= 0.17) & (v >= 0) & (v <= 1)) | ((np.abs(v - 0.5) <= 0.17) & (u >= 0) & (u <= 1))),
+        ("cross", lambda u, v: ((np.abs(u - 0.5) <= 0.17) & (np.abs(v - 0.5) <= 0.5))
+         | ((np.abs(v - 0.5) <= 0.17) & (np.abs(u - 0.5) <= 0.5))),
         ("ellipse", lambda u, v: (u - 0.5) ** 2 / 0.25 + (v - 0.5) ** 2 / 0.125 <= 1),
         ("half disc", lambda u, v: ((u - 0.5) ** 2 / 0.25 + (v - 1) ** 2 <= 1) & (v <= 1)),
     ],
@@ -378,8 +381,6 @@ def test_verify_batch_matches_verify():
 
 
 def test_verify_is_fast():
-    import time
-
     rng = np.random.default_rng(11)
     reqs = [random_request(rng) for _ in range(100)]
     images = [ind_draw(ind_place(kinds_of(ph), rng, rel), rng, noise=6.0) for _, ph, rel in reqs]

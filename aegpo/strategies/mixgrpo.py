@@ -1,0 +1,27 @@
+"""`mixgrpo`: MixGRPO's sliding window. SDE (and training) only inside a window of `mixgrpo.window`
+consecutive steps, ODE outside; the window starts at the noisiest step and slides one step
+towards σ = 0 every `mixgrpo.shift_every` rounds, rolling back to 0 at the end (progressive)."""
+
+from __future__ import annotations
+
+import torch
+
+from aegpo.rollout import StepPlan
+from aegpo.strategies.base import RoundContext, RoundPlan, Strategy
+
+
+class MixGRPOStrategy(Strategy):
+    name = "mixgrpo"
+
+    def window_start(self, round_index: int, num_steps: int) -> int:
+        w = self.params.mixgrpo.window
+        positions = num_steps - 1 - w + 1  # window must stay inside steps 0 … T−2
+        return (round_index // self.params.mixgrpo.shift_every) % positions
+
+    def plan_round(self, ctx: RoundContext) -> RoundPlan:
+        sizes = self.uniform_sizes(ctx)
+        n, t = sum(sizes), ctx.num_steps
+        start = self.window_start(ctx.round, t)
+        sde = torch.zeros(n, t, dtype=torch.bool)
+        sde[:, start : start + self.params.mixgrpo.window] = True
+        return RoundPlan(sizes, StepPlan(sde, sde.clone()), info={"window_start": start})

@@ -1,0 +1,92 @@
+"""Parquet tables of aegpo: every schema in one place, written atomically.
+
+Tables (one row per ...):
+
+- **entropy profile** (prompt × step × layer): `prompt_id` int32 (position in the prompt set),
+  `prompt` string, `prompt_hash` string (SHA-256 hex, first 16), `seed` int64 (probe noise seed),
+  `step` int16 (t, 0 = pure noise), `sigma` float32 (σ_t), `layer` int16 (recorded-layer slot),
+  `layer_name` string (module name), `entropy` float32 (mean over recorded heads and image queries,
+  nats, or ÷ log #keys when normalised). Schema metadata: `aegpo.cache_key`, `aegpo.spec` (JSON:
+  base checkpoint digest, prompt-set hash, profiling parameters).
+- **rollouts** (sample): `round` int32, `sample` int32, `prompt_id` int32, `prompt` string,
+  `group` int32 (prompt position in the round), `group_size` int16, `seed` int64, `image` string
+  (reference: file name or URI, may be empty), `reward` float64, `reward_<part>` float64 per
+  reward part, `advantage` float32, `sde_steps` list<int16>, `train_steps` list<int16>,
+  `log_probs` list<float32> (old log-probs of the trained steps, same order as `train_steps`),
+  `entropy_t` list<float32> (Entropy(t) per step; empty when not recorded).
+- **rewards** (image scored by `aegpo score` or a scoring task): `image` string, `prompt` string,
+  `score` float64, one float64 column per reward part.
+
+Writes go to a temporary file in the same folder, then an atomic rename: a reader sees the
+old table or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROFILE_SCHEMA = pa.schema([
+    ("prompt_id", pa.int32()), ("prompt", pa.string()), ("prompt_hash", pa.string()), ("seed", pa.int64()),
+    ("step", pa.int16()), ("sigma", pa.float32()), ("layer", pa.int16()), ("layer_name", pa.string()),
+    ("entropy", pa.float32()),
+])
+
+ROLLOUT_SCHEMA = pa.schema([
+    ("round", pa.int32()), ("sample", pa.int32()), ("prompt_id", pa.int32()), ("prompt", pa.string()),
+    ("group", pa.int32()), ("group_size", pa.int16()), ("seed", pa.int64()), ("image", pa.string()),
+    ("reward", pa.float64()), ("advantage", pa.float32()), ("sde_steps", pa.list_(pa.int16())),
+    ("train_steps", pa.list_(pa.int16())), ("log_probs", pa.list_(pa.float32())),
+    ("entropy_t", pa.list_(pa.float32())),
+])  # plus one `reward_<part>` float64 column per reward part, appended at write time
+
+REWARD_SCHEMA = pa.schema([("image", pa.string()), ("prompt", pa.string()), ("score", pa.float64())])
+
+
+def with_metadata(table: pa.Table, meta: dict[str, Any]) -> pa.Table:
+    existing = table.schema.metadata or {}
+    extra = {f"aegpo.{k}".encode(): (v if isinstance(v, str) else json.dumps(v, sort_keys=True)).encode()
+             for k, v in meta.items()}
+    return table.replace_schema_metadata({**existing, **extra})
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    meta = pq.read_schema(str(path)).metadata or {}
+    return {k.decode()[len("aegpo."):]: v.decode() for k, v in meta.items() if k.startswith(b"aegpo.")}
+
+
+def write_table(table: pa.Table, path: str | Path) -> Path:
+    """Write `table` to `path` (local) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
+    """Read a table; with `schema`, check that its columns and types are there."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"table {path} does not exist")
+    table = pq.read_table(str(path))
+    if schema is not None:
+        for field in schema:
+            if field.name not in table.schema.names:
+                raise ValueError(f"table {path}: column {field.name!r} is missing")
+            if not table.schema.field(field.name).type.equals(field.type):
+                raise ValueError(f"table {path}: column {field.name!r} is {table.schema.field(field.name).type}, expected {field.type}")
+    return table
