@@ -72,11 +72,17 @@ def save_base(policy: FlowPolicy, directory: str | Path, meta: dict[str, Any] | 
     return Path(directory)
 
 
-def save_trained(policy: FlowPolicy, directory: str | Path, base_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write the trained denoiser weights (LoRA adapter or full) with a reference to the base."""
+def save_trained(policy: FlowPolicy, directory: str | Path, base: str | Path | dict[str, Any],
+                 meta: dict[str, Any] | None = None) -> Path:
+    """Write the trained denoiser weights (LoRA adapter or full) with a reference to the base.
+
+    `base` is a base checkpoint folder, or a base reference dict from `load_base_policy`.
+    """
     from peft.utils import get_peft_model_state_dict
 
-    base_dir = Path(base_dir).resolve()
+    if not isinstance(base, dict):
+        base_dir = Path(base).resolve()
+        base = {"path": str(base_dir), "manifest_sha256": manifest_digest(base_dir)}
     with atomic_directory(directory) as tmp:
         if policy.lora is not None:
             form, state = "lora", get_peft_model_state_dict(policy.transformer)
@@ -85,7 +91,7 @@ def save_trained(policy: FlowPolicy, directory: str | Path, base_dir: str | Path
         save_file(_contiguous(state), str(tmp / "denoiser.safetensors"))
         manifest = {
             "format": FORMAT, "version": VERSION, "form": form, "policy": policy.describe(),  # type: ignore[attr-defined]
-            "base": {"path": str(base_dir), "manifest_sha256": manifest_digest(base_dir)},
+            "base": base,
             "lora": None if policy.lora is None else {**policy.lora.__dict__, "target_modules": list(policy.lora.target_modules)},
             "files": {"denoiser": "denoiser.safetensors"}, "meta": meta or {},
         }
@@ -101,6 +107,11 @@ def load_policy(directory: str | Path, **policy_kwargs: Any) -> FlowPolicy:
         cls = _policy_class(manifest["policy"]["kind"])
         return cls.load_base_files(directory, manifest, **policy_kwargs)  # type: ignore[attr-defined]
     base = manifest["base"]
+    kind = manifest["policy"]["kind"]
+    cls = _policy_class(kind)
+    if hasattr(cls, "from_base_ref"):  # pretrained (diffusers) bases know how to reload themselves
+        policy = cls.from_base_ref(base, **policy_kwargs)
+        return _apply_trained(policy, directory, manifest)
     base_dir = Path(base["path"])
     if not base_dir.is_absolute():
         base_dir = (directory / base_dir).resolve()
@@ -108,7 +119,10 @@ def load_policy(directory: str | Path, **policy_kwargs: Any) -> FlowPolicy:
         raise CheckpointError(f"{directory}: its base checkpoint {base_dir} is missing")
     if manifest_digest(base_dir) != base["manifest_sha256"]:
         raise CheckpointError(f"{directory}: base checkpoint {base_dir} has changed since training (manifest hash differs)")
-    policy = load_policy(base_dir, **policy_kwargs)
+    return _apply_trained(load_policy(base_dir, **policy_kwargs), directory, manifest)
+
+
+def _apply_trained(policy: FlowPolicy, directory: Path, manifest: dict[str, Any]) -> FlowPolicy:
     state = load_file(str(directory / manifest["files"]["denoiser"]))
     if manifest["form"] == "lora":
         from peft.utils import set_peft_model_state_dict

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from aegpo.config_base import Section
+from aegpo.models.pretrained_params import PretrainedParams
 
 
 STRATEGIES_WITH_K = ("aegpo_local", "aegpo", "random_k")  # strategies that explore aegpo.peaks_k steps
@@ -22,10 +25,6 @@ STRATEGIES_WITH_K = ("aegpo_local", "aegpo", "random_k")  # strategies that expl
 
 class ParamsError(ValueError):
     """params.yaml or an override failed validation."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class LoraParams(Section):
@@ -47,6 +46,7 @@ class ModelParams(Section):
     finetune: Literal["lora", "full"] = Field("lora", description="Train LoRA adapters (reference = adapters off) or every denoiser weight (reference = frozen copy).")
     lora: LoraParams = Field(default_factory=LoraParams, description="LoRA settings when finetune = lora.")
     guidance_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance; 1 = none (one denoiser call per step).")
+    pretrained: PretrainedParams = Field(default_factory=PretrainedParams, description="Real models (SD3.5, FLUX): where and how to load them (kinds sd3, flux).")
     device: str = Field("auto", description="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
 
@@ -71,6 +71,10 @@ class RewardParams(Section):
         {"dense": 0.5, "strict": 0.5},
         description="Weights of the reward's parts; the reward is their weighted sum (shapes: dense, strict).",
     )
+    aggregate: Literal["sum", "advantage"] = Field(
+        "sum", description="sum: advantages of the weighted reward; advantage: weighted sum of each part's group-normalised advantage (MixGRPO's advantage_aggr).")
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-reward-model options, e.g. {pickscore: {path: /models/PickScore_v1}}; each reward validates its own.")
 
 
 class OptimParams(Section):
@@ -100,7 +104,7 @@ class TrainParams(Section):
     eval_every: int = Field(10, ge=0, description="Evaluate every this many rounds (and at the end); 0 = only at the end.")
     eval_base: bool = Field(True, description="Evaluate the base policy before round 0 (the 'before' of before/after).")
     out_dir: str = Field("runs/train", description="Run folder: checkpoints, round logs, rollouts.")
-    save_every: int = Field(10, ge=1, description="Write a resumable checkpoint every this many rounds (and at the end).")
+    save_every: int = Field(1, ge=1, description="Write the resumable state every this many rounds (and at the end).")
 
 
 class EntropyParams(Section):

@@ -13,13 +13,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from aegpo.checkpoint import load_policy, manifest_digest, save_trained
+from aegpo.checkpoint import save_trained
 from aegpo.config import Params, flatten
 from aegpo.ema import EMA
 from aegpo.entropy.recorder import EntropyRecorder
@@ -27,16 +28,44 @@ from aegpo.evaluate import evaluate
 from aegpo.grpo import UpdateConfig, group_advantages, policy_update
 from aegpo.io_utils import atomic_write_json
 from aegpo.models.base import LoraSpec
+from aegpo.models.registry import load_base_policy
 from aegpo.profile import EntropyProfile, ProbeSpec, load_or_compute_base_profile, probe
+from aegpo.rewards.base import RewardResult
 from aegpo.rewards.registry import build_reward
-from aegpo.rollout import derive_seed, generate, sample_seeds
+from aegpo.rollout import Rollout, derive_seed, generate, sample_seeds
 from aegpo.tables import PROFILE_SCHEMA, read_table
-from aegpo.strategies.base import RoundContext, expand_groups
+from aegpo.strategies.base import RoundContext, RoundPlan, expand_groups
 from aegpo.strategies.registry import build_strategy
 from aegpo.train_state import load_state, optimizer_from_tensors, save_state
 
 log = logging.getLogger(__name__)
 RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RoundWork:
+    """One round in flight: what each stage has produced so far."""
+
+    ctx: RoundContext
+    plan: RoundPlan
+    rollout: Rollout | None = None
+    scored: RewardResult | None = None
+    advantages: torch.Tensor | None = None  # (N,)
+    stats: dict[str, float] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+
+
+def compute_advantages(scored: RewardResult, groups: torch.Tensor, params: Params) -> torch.Tensor:
+    """Group advantages (N,): of the weighted reward (`reward.aggregate: sum`), or the weighted sum of
+    each part's own group z-scores (`advantage`, MixGRPO's advantage_aggr), clipped once more."""
+    t, r = params.train, params.reward
+    if r.aggregate == "sum":
+        return group_advantages(torch.from_numpy(scored.score), groups, t.std_floor, t.adv_clip_max)
+    total = torch.zeros(len(groups))
+    for name, weight in r.weights.items():
+        part = torch.from_numpy(np.asarray(scored.parts[name], dtype=np.float64))
+        total += weight * group_advantages(part, groups, t.std_floor, t.adv_clip_max)
+    return total.clamp(-t.adv_clip_max, t.adv_clip_max)
 RESUME_MAY_CHANGE = ("train.rounds", "train.eval_every", "train.save_every", "eval.")
 
 
@@ -59,8 +88,7 @@ class Trainer:
         for p in train_prompts + (eval_prompts or []):
             self.reward.validate_prompt(p)
         self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
-        self.base_dir = self.project_dir / params.model.checkpoint
-        self.policy = load_policy(self.base_dir, guidance_scale=params.model.guidance_scale)
+        self.policy, self.base_ref = load_base_policy(params.model, self.project_dir)
         self.policy.to(resolve_device(params.model.device))
         if params.model.finetune == "lora":
             lp = params.model.lora
@@ -86,38 +114,76 @@ class Trainer:
 
     # ----- the loop --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        p = self.params
-        if self.round == 0 and p.train.eval_base and self.eval_prompts and self.base_eval is None:
+        """Train until `train.rounds` (resuming where the state left off); returns a summary."""
+        if self.round == 0 and self.params.train.eval_base and self.eval_prompts and self.base_eval is None:
             self.base_eval = self.evaluate()
             atomic_write_json(self.out_dir / "eval_base.json", self.base_eval)
-        while self.round < p.train.rounds:
-            r, times = self.round, {}
-            ctx = self._context(r)
-            t0 = time.perf_counter()
-            plan = self.strategy.plan_round(ctx)                                     # where/how much to explore
-            rollout = self._sample(ctx, plan)                                        # sample
-            times["sample"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            sample_prompts = [ctx.prompts[i] for i in rollout.prompt_index]
-            scored = self.reward(rollout.images, sample_prompts)                     # score
-            adv = group_advantages(torch.from_numpy(scored.score), rollout.prompt_index,
-                                   p.train.std_floor, p.train.adv_clip_max)          # advantage
-            times["score"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            stats = policy_update(self.policy, self.optimizer, rollout, adv, self._cond, self._update_cfg(),
-                                  torch.Generator().manual_seed(derive_seed(p.seed, "update", r)))  # optimize
-            if self.ema is not None:
-                self.ema.update()
-            times["optimize"] = time.perf_counter() - t0
-            self.nfe += rollout.nfe + plan.probe_nfe
-            record = self._record(ctx, plan, rollout, scored, adv, stats, times)
-            record.update(self.strategy.observe(ctx, rollout, scored.score))
-            self.round = r + 1
-            if p.train.eval_every and self.round % p.train.eval_every == 0 or self.round == p.train.rounds:
-                record["eval"] = self.evaluate()
-            self._finish_round(record)
+        while self.round < self.params.train.rounds:
+            self.run_round()
         return {"rounds": self.round, "nfe": self.nfe, "history": self.history, "base_eval": self.base_eval,
                 "checkpoint": str(self.out_dir / "checkpoint")}
+
+    def run_round(self) -> dict[str, Any]:
+        """One round: plan → sample → score (+ advantages) → optimize → record/evaluate/save."""
+        work = self.begin_round()
+        self.sample(work)
+        self.score(work)
+        self.optimize(work)
+        return self.end_round(work)
+
+    # ----- stages (the pipeline calls these one by one) ---------------------------------------
+    def begin_round(self) -> RoundWork:
+        """Prompts of the next round and the strategy's plan (group sizes, SDE/train steps)."""
+        t0 = time.perf_counter()
+        ctx = self._context(self.round)
+        work = RoundWork(ctx, self.strategy.plan_round(ctx))
+        work.times["plan"] = time.perf_counter() - t0
+        return work
+
+    def sample(self, work: RoundWork) -> Rollout:
+        t0 = time.perf_counter()
+        s = self.params.sampler
+        prompt_index, rank = expand_groups(work.plan.group_sizes)
+        seeds = sample_seeds(derive_seed(self.params.seed, "rollout", work.ctx.round), prompt_index, rank, s.same_noise)
+        self.policy.eval()
+        work.rollout = generate(self.policy, work.ctx.prompts, prompt_index, seeds, work.plan.plan, sde=s.sde,
+                                noise_level=s.noise_level, shift=s.shift, cond=self._cond, recorder=self.recorder,
+                                progress=self.progress)
+        work.times["sample"] = time.perf_counter() - t0
+        return work.rollout
+
+    def score(self, work: RoundWork) -> RewardResult:
+        t0 = time.perf_counter()
+        ro = work.rollout
+        work.scored = self.reward(ro.images, [work.ctx.prompts[i] for i in ro.prompt_index])
+        work.advantages = compute_advantages(work.scored, ro.prompt_index, self.params)
+        work.times["score"] = time.perf_counter() - t0
+        return work.scored
+
+    def optimize(self, work: RoundWork) -> dict[str, float]:
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(derive_seed(self.params.seed, "update", work.ctx.round))
+        work.stats = policy_update(self.policy, self.optimizer, work.rollout, work.advantages, self._cond,
+                                   self._update_cfg(), gen)
+        if self.ema is not None:
+            self.ema.update()
+        work.times["optimize"] = time.perf_counter() - t0
+        return work.stats
+
+    def end_round(self, work: RoundWork) -> dict[str, Any]:
+        """Count NFE, build the round record, evaluate and save when due, notify callbacks."""
+        p = self.params
+        ro = work.rollout
+        self.nfe += ro.nfe + work.plan.probe_nfe + int(work.stats.get("trained_transitions", 0)) * self.policy.nfe_per_call
+        record = self._record(work.ctx, work.plan, ro, work.scored, work.advantages, work.stats, work.times)
+        record.update(self.strategy.observe(work.ctx, ro, work.scored.score))
+        self.round = work.ctx.round + 1
+        if (p.train.eval_every and self.round % p.train.eval_every == 0) or self.round == p.train.rounds:
+            t0 = time.perf_counter()
+            record["eval"] = self.evaluate()
+            record["seconds_eval"] = time.perf_counter() - t0
+        self._finish_round(record)
+        return record
 
     # ----- pieces ----------------------------------------------------------------------------
     def _context(self, r: int) -> RoundContext:
@@ -142,14 +208,6 @@ class Trainer:
             pos += len(take)
         return ids
 
-    def _sample(self, ctx: RoundContext, plan) -> Any:
-        s = self.params.sampler
-        prompt_index, rank = expand_groups(plan.group_sizes)
-        seeds = sample_seeds(derive_seed(self.params.seed, "rollout", ctx.round), prompt_index, rank, s.same_noise)
-        self.policy.eval()
-        return generate(self.policy, ctx.prompts, prompt_index, seeds, plan.plan, sde=s.sde, noise_level=s.noise_level,
-                        shift=s.shift, cond=self._cond, recorder=self.recorder, progress=self.progress)
-
     def _probe(self, prompts: list[str]):
         """Entropy probe of the current policy (aegpo.profile.probe: fixed per-prompt noise)."""
         self.policy.eval()
@@ -161,7 +219,7 @@ class Trainer:
             return EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
         with self.policy.reference():
             profile, path, computed = load_or_compute_base_profile(
-                self.policy, manifest_digest(self.base_dir), self.train_prompts, self.probe_spec, self.recorder,
+                self.policy, self.base_ref["manifest_sha256"], self.train_prompts, self.probe_spec, self.recorder,
                 self.project_dir / self.params.aegpo.cache_dir, progress=self.progress)
         self.base_profile_path = path
         return profile
@@ -227,7 +285,7 @@ class Trainer:
                    self.ema.state_tensors() if self.ema else {}, info)
         ctx = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
         with ctx:
-            save_trained(self.policy, self.out_dir / "checkpoint", self.base_dir,
+            save_trained(self.policy, self.out_dir / "checkpoint", self.base_ref,
                          meta={"round": self.round, "nfe": self.nfe, "params": _json_params(self.params)})
 
     def _resume(self) -> None:

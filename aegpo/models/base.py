@@ -70,6 +70,9 @@ class FlowPolicy(nn.Module, ABC):
         """Latents (B, *latent_shape) → uint8 images (B, H, W, 3)."""
 
     # ----- shared machinery -------------------------------------------------------------------
+    #: denoiser evaluations per `velocity` call (2 with classifier-free guidance)
+    nfe_per_call: int = 1
+
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
