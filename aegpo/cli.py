@@ -137,6 +137,27 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_bench_efficiency(args) -> int:
+    from aegpo.bench.efficiency import BenchSpec, run_efficiency
+
+    spec = BenchSpec(strategies=args.strategies.split(","), seeds=[int(x) for x in args.seeds.split(",")],
+                     nfe_budget=args.nfe_budget, eval_every_nfe=args.eval_every_nfe, target=args.target)
+    summary = run_efficiency(_params(args), spec, args.out)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"machine: {summary['settings']['machine']}\nresults: {args.out}/(curves.csv, curves.png, table.md, summary.json)")
+    return 0
+
+
+def cmd_bench_overhead(args) -> int:
+    from aegpo.bench.overhead import run_overhead
+
+    summary = run_overhead(_params(args), args.out, num_prompts=args.prompts, repeats=args.repeats)
+    print((Path(args.out) / "overhead.md").read_text())
+    print(f"selected ({summary['selected_variant']}): time ratio {summary['time_ratio']:.3f}, "
+          f"memory ratio {summary['memory_ratio']:.3f} -> {args.out}/summary.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aegpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -176,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_score)
+
+    bench = sub.add_parser("bench", help="benchmarks (results with machine and settings)")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    p = bsub.add_parser("efficiency", help="strategies × seeds at an equal NFE budget on the shapes world")
+    _add_params(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--strategies", default="grpo,flow_grpo,mixgrpo,random_k,aegpo_global,aegpo_local,aegpo")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--nfe-budget", type=int, default=150_000, help="cumulative NFE per run")
+    p.add_argument("--eval-every-nfe", type=int, default=25_000)
+    p.add_argument("--target", type=float, default=None, help="strict accuracy target (default: halfway base → best)")
+    p.set_defaults(func=cmd_bench_efficiency)
+    p = bsub.add_parser("overhead", help="entropy recording on vs off: rollout time and peak memory")
+    _add_params(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.set_defaults(func=cmd_bench_overhead)
     return parser
 
 

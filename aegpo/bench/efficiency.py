@@ -1,0 +1,221 @@
+"""`aegpo bench efficiency`: strategies × seeds on the shapes world at an equal NFE budget.
+
+Every run trains from the same base with the same parameters except `train.strategy` and
+`seed`, and stops once its cumulative NFE (rollout + probe + trained-transition denoiser
+evaluations) reaches the budget. Each run is evaluated (fixed-seed ODE samples of the eval
+split) whenever its NFE crosses a multiple of `--eval-every-nfe`, and at the end.
+
+Outputs in `--out DIR`:
+- `curves.csv`: strategy, seed, round, nfe, strict, dense, train_reward, wall_seconds (nfe 0 = base);
+- `curves.png`: eval strict accuracy against NFE, mean over seeds with a min–max band;
+- `table.md`: NFE to the target (default: halfway from the base's accuracy to the best final
+  mean accuracy seen), final accuracy mean ± std over seeds, wall time;
+- `summary.json`: per strategy `nfe_to_target`, `final_strict_mean`, `final_strict_std`, `seeds`, …
+- `runs/<strategy>-s<seed>/`: each run's round logs (resumable: an interrupted benchmark continues).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aegpo.config import Params, apply_overrides, params_from_dict
+from aegpo.io_utils import atomic_write_json, atomic_write_text
+from aegpo.prompt_files import read_prompt_file
+
+log = logging.getLogger(__name__)
+CSV_FIELDS = ("strategy", "seed", "round", "nfe", "strict", "dense", "train_reward", "wall_seconds")
+
+
+@dataclass
+class BenchSpec:
+    strategies: list[str]
+    seeds: list[int]
+    nfe_budget: int
+    eval_every_nfe: int
+    target: float | None = None  # absolute strict accuracy; None = halfway base → best final
+
+
+def run_one(params: Params, spec: BenchSpec, out: Path, strategy: str, seed: int, base_eval: dict[str, Any],
+            train_prompts: list[str], eval_prompts: list[str]) -> list[dict[str, Any]]:
+    """Train one (strategy, seed) to the NFE budget; returns its curve rows (cached on disk)."""
+    from aegpo.trainer import Trainer
+
+    run_dir = out / "runs" / f"{strategy}-s{seed}"
+    done = run_dir / "curve.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    p = params_from_dict(apply_overrides(params.model_dump(mode="json"), [
+        f"seed={seed}", f"train.strategy={strategy}", f"train.out_dir={run_dir}", "train.rounds=1000000",
+        "train.eval_every=0", "train.eval_base=false", "train.save_every=1000000"]), f"bench run {strategy}")
+    trainer = Trainer(p, train_prompts, eval_prompts, progress=False)
+    rows = [{"strategy": strategy, "seed": seed, "round": 0, "nfe": 0, "strict": base_eval["strict"],
+             "dense": base_eval["dense"], "train_reward": float("nan"), "wall_seconds": 0.0}]
+    start = time.perf_counter()
+    next_eval = spec.eval_every_nfe
+    while True:
+        record = trainer.run_round()
+        finished = trainer.nfe >= spec.nfe_budget
+        if trainer.nfe >= next_eval or finished:
+            ev = trainer.evaluate()
+            rows.append({"strategy": strategy, "seed": seed, "round": trainer.round, "nfe": trainer.nfe,
+                         "strict": ev["strict"], "dense": ev["dense"], "train_reward": record["reward_mean"],
+                         "wall_seconds": round(time.perf_counter() - start, 2)})
+            log.info("%s seed %d: round %d nfe %d strict %.3f", strategy, seed, trainer.round, trainer.nfe, ev["strict"])
+            while next_eval <= trainer.nfe:
+                next_eval += spec.eval_every_nfe
+        if finished:
+            break
+    atomic_write_json(done, rows)
+    return rows
+
+
+def nfe_to_reach(curve: list[dict[str, Any]], target: float) -> float:
+    """First NFE at which the curve reaches `target` (linear interpolation between evals); inf if never."""
+    prev = None
+    for row in curve:
+        if row["strict"] >= target:
+            if prev is None or row["strict"] == prev["strict"]:
+                return float(row["nfe"])
+            frac = (target - prev["strict"]) / (row["strict"] - prev["strict"])
+            return float(prev["nfe"] + frac * (row["nfe"] - prev["nfe"]))
+        prev = row
+    return float("inf")
+
+
+def summarize(rows: list[dict[str, Any]], spec: BenchSpec, base_strict: float) -> dict[str, Any]:
+    by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_run.setdefault((r["strategy"], r["seed"]), []).append(r)
+    finals = {k: v[-1] for k, v in by_run.items()}
+    final_means = {s: float(np.mean([finals[(s, seed)]["strict"] for seed in spec.seeds])) for s in spec.strategies}
+    best = max(final_means.values())
+    target = spec.target if spec.target is not None else base_strict + 0.5 * (best - base_strict)
+    out: dict[str, Any] = {"target_strict": target, "base_strict": base_strict, "best_final_mean": best, "strategies": {}}
+    for s in spec.strategies:
+        reach = [nfe_to_reach(by_run[(s, seed)], target) for seed in spec.seeds]
+        finite = [x for x in reach if np.isfinite(x)]
+        final = [finals[(s, seed)]["strict"] for seed in spec.seeds]
+        out["strategies"][s] = {
+            "nfe_to_target": float(np.mean(finite)) if len(finite) == len(reach) else None,
+            "nfe_to_target_per_seed": [x if np.isfinite(x) else None for x in reach],
+            "reached_target": f"{len(finite)}/{len(reach)}",
+            "final_strict_mean": float(np.mean(final)), "final_strict_std": float(np.std(final)),
+            "final_dense_mean": float(np.mean([finals[(s, seed)]["dense"] for seed in spec.seeds])),
+            "final_nfe_mean": float(np.mean([finals[(s, seed)]["nfe"] for seed in spec.seeds])),
+            "wall_seconds_mean": float(np.mean([finals[(s, seed)]["wall_seconds"] for seed in spec.seeds])),
+            "seeds": list(spec.seeds),
+        }
+    return out
+
+
+def table_markdown(summary: dict[str, Any]) -> str:
+    lines = [f"Target: eval strict accuracy {summary['target_strict']:.3f} (base {summary['base_strict']:.3f}, "
+             f"best final mean {summary['best_final_mean']:.3f})", "",
+             "| strategy | NFE to target (mean) | reached | final strict (mean ± std) | final dense | wall time / run |",
+             "|---|---|---|---|---|---|"]
+    for s, v in summary["strategies"].items():
+        nfe = f"{v['nfe_to_target']:,.0f}" if v["nfe_to_target"] is not None else "not reached by all seeds"
+        lines.append(f"| {s} | {nfe} | {v['reached_target']} | {v['final_strict_mean']:.3f} ± {v['final_strict_std']:.3f} "
+                     f"| {v['final_dense_mean']:.3f} | {v['wall_seconds_mean'] / 60:.1f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], spec: BenchSpec, summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    grid = np.linspace(0, spec.nfe_budget, 60)
+    for s in spec.strategies:
+        curves = []
+        for seed in spec.seeds:
+            pts = [r for r in rows if r["strategy"] == s and r["seed"] == seed]
+            x, y = [r["nfe"] for r in pts], [r["strict"] for r in pts]
+            curves.append(np.interp(grid, x, y, right=np.nan))
+        c = np.array(curves)
+        mean = np.nanmean(c, 0)
+        (line,) = ax.plot(grid, mean, label=s)
+        ax.fill_between(grid, np.nanmin(c, 0), np.nanmax(c, 0), color=line.get_color(), alpha=0.15)
+    ax.axhline(summary["target_strict"], color="grey", ls="--", lw=1, label="target")
+    ax.set_xlabel("cumulative NFE (denoiser evaluations)")
+    ax.set_ylabel("eval strict accuracy")
+    ax.set_title(f"shapes world, {len(spec.seeds)} seeds (band: min–max)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_efficiency(params: Params, spec: BenchSpec, out: str | Path) -> dict[str, Any]:
+    from aegpo.checkpoint import load_policy
+    from aegpo.evaluate import evaluate
+    from aegpo.rewards.registry import build_reward
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_prompts = read_prompt_file(params.train.prompts)
+    eval_prompts = read_prompt_file(params.eval.prompts)
+    base_path = out / "base_eval.json"
+    if base_path.is_file():
+        base_eval = json.loads(base_path.read_text())
+    else:
+        e = params.eval
+        policy = load_policy(params.model.checkpoint, guidance_scale=params.model.guidance_scale).eval()
+        base_eval = evaluate(policy, eval_prompts, build_reward(params.reward.name, params.reward.weights),
+                             num_steps=e.num_steps, samples_per_prompt=e.samples_per_prompt, seed=e.seed,
+                             shift=params.sampler.shift, batch_size=e.batch_size)
+        base_eval.pop("images")
+        atomic_write_json(base_path, base_eval)
+    rows: list[dict[str, Any]] = []
+    for seed in spec.seeds:  # seed-major: a partial benchmark already covers every strategy
+        for strategy in spec.strategies:
+            rows += run_one(params, spec, out, strategy, seed, base_eval, train_prompts, eval_prompts)
+    with open(out / "curves.csv.tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "curves.csv.tmp").replace(out / "curves.csv")
+    summary = summarize(rows, spec, base_eval["strict"])
+    summary["settings"] = {"nfe_budget": spec.nfe_budget, "eval_every_nfe": spec.eval_every_nfe,
+                           "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
+                           "params": {k: v for k, v in params.model_dump().items() if k in ("sampler", "train", "aegpo", "reward")}}
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "table.md", table_markdown(summary))
+    plot(rows, spec, summary, out / "curves.png")
+    return summary
+
+
+def machine_description() -> str:
+    """CPU model, usable cores, memory and torch version, e.g. for benchmark reports."""
+    import os
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem = ""
+    try:
+        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{model}, {cores} cores{mem}{gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
