@@ -5,6 +5,7 @@
     aegpo sample    --checkpoint DIR --prompt TEXT --out FILE.png
     aegpo evaluate  [--checkpoint DIR] [--prompts FILE] --out FILE.json
     aegpo score     --reward shapes --images DIR --prompts FILE --out FILE.json
+    aegpo pipeline  profile | train | evaluate | doctor   (Prefect flows, see docs/pipeline.md)
 
 `-S` overrides use the grammar of `dvc exp run -S` (the value is YAML).
 """
@@ -97,7 +98,7 @@ def cmd_evaluate(args) -> int:
 
     params = load_params(args.params if Path(args.params).is_file() else None, args.set)
     e = params.eval
-    reward = build_reward(params.reward.name, params.reward.weights)
+    reward = build_reward(params.reward.name, params.reward.weights, params.reward.models)
     prompts = read_prompt_file(args.prompts or e.prompts, reward.validate_prompt)
     policy = _load(args.checkpoint or params.model.checkpoint, params.model.guidance_scale)
     result = evaluate(policy, prompts, reward, num_steps=e.num_steps, samples_per_prompt=e.samples_per_prompt,
@@ -158,6 +159,124 @@ def cmd_bench_overhead(args) -> int:
     return 0
 
 
+# ----- pipeline: the Prefect flows of flows/ (needs the [pipeline] extra) -----------------------------
+PIPELINE_ERRORS = ("StorageError", "TrackingError", "RunInUseError")
+
+
+def _pipeline_prepare(args):
+    """The pre-flight checks of the flow, run here first so that bad input fails before Prefect starts."""
+    from flows.spec import prepare_run
+
+    return prepare_run(args.params, args.set, args.project_dir, run_dir=getattr(args, "run_dir", None),
+                       need_eval_prompts=args.pipeline_command == "train",
+                       need_tracking=args.pipeline_command == "train")
+
+
+def cmd_pipeline_profile(args) -> int:
+    _pipeline_prepare(args)
+    from flows.profiling import profile_flow
+
+    m = profile_flow(args.params, args.set, args.project_dir, out=args.out, refresh=args.refresh)
+    print(f"base-entropy profile: {m['rows']} rows, {'computed' if m.get('computed') else 'reused'} -> {m['uri']}"
+          + (f" (copied to {args.out})" if args.out else ""))
+    return 0
+
+
+def cmd_pipeline_train(args) -> int:
+    _pipeline_prepare(args)
+    from flows.train import train_flow
+
+    s = train_flow(args.params, args.set, args.project_dir, run_dir=args.run_dir, base_profile=args.base_profile,
+                   export_dir=args.export, reports_dir=args.reports, experiment=args.experiment,
+                   media_every=args.media_every)
+    print(f"\ntrained {s['rounds']} rounds ({s['strategy']}), {s['nfe']} denoiser evaluations; run {s['run_dir']}")
+    before, after = s.get("base_eval"), s.get("final_eval")
+    if before and after:
+        print(f"eval strict accuracy: {before['strict']:.3f} (base) -> {after['strict']:.3f} (trained)")
+        print(f"eval dense accuracy:  {before['dense']:.3f} (base) -> {after['dense']:.3f} (trained)")
+    print(f"checkpoint: {s['checkpoint']}\nMLflow run: {s['mlflow_run_id']}")
+    return 0
+
+
+def cmd_pipeline_evaluate(args) -> int:
+    from flows.evaluate import evaluate_flow, prepare_eval
+
+    prepare_eval(args.checkpoint, args.params, args.set, args.project_dir)
+    r = evaluate_flow(args.checkpoint, args.params, args.set, args.project_dir, out=args.out, label=args.label)
+    m = r["summary"]
+    print(f"{args.label}: strict {m.get('strict', float('nan')):.3f}  dense {m.get('dense', float('nan')):.3f}"
+          + (f"  (base strict {m['base_strict']:.3f})" if m.get("base_strict") is not None else "")
+          + (f" -> {args.out}" if args.out else ""))
+    return 0
+
+
+def cmd_pipeline_doctor(args) -> int:
+    """Each tool's endpoint as this environment configures it (never credentials)."""
+    from aegpo.storage import StorageSettings, open_storage
+    from flows.tracking import default_tracking_uri
+
+    settings = StorageSettings.from_env()
+    print(f"artifact store:   {settings.describe()}")
+    print(f"S3 endpoint:      {settings.endpoint_url or '(AWS default)'} (boto3, DVC endpointurl, MLFLOW_S3_ENDPOINT_URL="
+          f"{os.environ.get('MLFLOW_S3_ENDPOINT_URL', '')})")
+    print(f"S3 credentials:   {'set' if os.environ.get('AWS_ACCESS_KEY_ID') or os.environ.get('AWS_PROFILE') else 'not set'}")
+    print(f"MLflow tracking:  {default_tracking_uri(args.project_dir)}")
+    print(f"Prefect API:      {os.environ.get('PREFECT_API_URL') or '(temporary local server per run)'}")
+    print(f"PREFECT_HOME:     {os.environ.get('PREFECT_HOME', '~/.prefect')}")
+    open_storage(None, args.project_dir, settings).check()
+    print("artifact store reachable: yes")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    for noisy in ("httpx", "httpcore", "alembic", "mlflow.store"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.pipeline_func(args)
+    except Exception as err:  # noqa: BLE001 - bad input and unreachable services get one clear line
+        if type(err).__name__ not in PIPELINE_ERRORS or args.verbose:
+            raise
+        print(f"aegpo pipeline {args.pipeline_command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def add_pipeline_parser(sub) -> None:
+    p = sub.add_parser("pipeline", help="the Prefect flows: profile, train, evaluate (docs/pipeline.md)")
+    psub = p.add_subparsers(dest="pipeline_command", required=True)
+    p.set_defaults(func=cmd_pipeline)
+
+    def common(q):
+        _add_params(q)
+        q.add_argument("--project-dir", default=".", help="project folder (relative paths resolve here)")
+
+    q = psub.add_parser("profile", help="base-entropy profile (cached on checkpoint, prompts, probe parameters)")
+    common(q)
+    q.add_argument("--out", default=None, help="also copy the profile table to this file")
+    q.add_argument("--refresh", action="store_true", help="recompute even if cached")
+    q.set_defaults(pipeline_func=cmd_pipeline_profile)
+
+    q = psub.add_parser("train", help="the training flow (resumes a run with the same parameters)")
+    common(q)
+    q.add_argument("--run-dir", default=None, help="run folder (default: <train.out_dir>/<strategy>-<fingerprint>)")
+    q.add_argument("--base-profile", default=None, help="use this base-entropy profile table")
+    q.add_argument("--export", default=None, help="copy the final checkpoint and rollouts tables here")
+    q.add_argument("--reports", default=None, help="write DVC metrics and plot CSVs here")
+    q.add_argument("--experiment", default="aegpo", help="MLflow experiment")
+    q.add_argument("--media-every", type=int, default=0, help="MLflow plots/samples every N rounds")
+    q.set_defaults(pipeline_func=cmd_pipeline_train)
+
+    q = psub.add_parser("evaluate", help="the evaluation flow for a checkpoint")
+    common(q)
+    q.add_argument("--checkpoint", default=None, help="folder or stored key (default: model.checkpoint)")
+    q.add_argument("--label", default="final")
+    q.add_argument("--out", default=None, help="metrics JSON")
+    q.set_defaults(pipeline_func=cmd_pipeline_evaluate)
+
+    q = psub.add_parser("doctor", help="print where artifacts, runs and flows go")
+    q.add_argument("--project-dir", default=".")
+    q.set_defaults(pipeline_func=cmd_pipeline_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aegpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -215,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.set_defaults(func=cmd_bench_overhead)
+
+    add_pipeline_parser(sub)
     return parser
 
 

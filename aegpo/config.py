@@ -115,6 +115,7 @@ class EntropyParams(Section):
     normalize: bool = Field(False, description="Divide by log(number of keys), giving entropy in [0, 1].")
     query_stride: int = Field(1, ge=1, description="Use every n-th image query (subsampling cuts the cost).")
     chunk_size: int = Field(1024, ge=1, description="Image queries per chunk of the log-sum-exp computation (bounds memory).")
+    method: Literal["chunked", "fused"] = Field("chunked", description="chunked: log-sum-exp over query chunks (aegpo/entropy/core.py); fused: one flash-attention call per layer with the keys as values, no logits matrix (aegpo/entropy/fused.py; much faster on GPU, falls back to chunked where unsupported).")
 
 
 class AEGPOParams(Section):
@@ -159,7 +160,17 @@ class EvalParams(Section):
     batch_size: int = Field(100, ge=1, description="Images per denoiser batch.")
 
 
+class ArchParams(Section):
+    patch_size: int = Field(4, ge=1, description="Pixels per token side (32 / patch_size)² image tokens.")
+    num_layers: int = Field(6, ge=1, description="Joint transformer blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    head_dim: int = Field(32, ge=8, description="Width per head (denoiser width = heads × head_dim).")
+    text_dim: int = Field(64, ge=8, description="Text encoder width.")
+    text_layers: int = Field(2, ge=1, description="Text encoder layers.")
+
+
 class PretrainParams(Section):
+    arch: ArchParams = Field(default_factory=ArchParams, description="Architecture of the built-in policy.")
     out: str = Field("checkpoints/shapes-base", description="Where the base checkpoint is written.")
     steps: int = Field(6000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Rendered (image, caption) pairs per step.")
@@ -172,6 +183,7 @@ class PretrainParams(Section):
     save_every: int = Field(500, ge=1, description="Write an intermediate checkpoint every this many steps.")
     eval_every: int = Field(1000, ge=0, description="Evaluate strict accuracy every this many steps (0 = never).")
     seed: int = Field(0, description="Seed of initialisation, data and noise.")
+    init_from: str = Field("", description="Start from this base checkpoint's weights instead of random init (empty = from scratch).")
 
 
 class Params(Section):

@@ -75,7 +75,11 @@ def pretrain(params: Params, work_dir: str | Path = "runs/pretrain") -> Path:
     """Train from scratch per `params.pretrain`; write the EMA base checkpoint to `params.pretrain.out`."""
     cfg = params.pretrain
     torch.manual_seed(cfg.seed)
-    policy = TinyMMDiTPolicy(TinyMMDiTConfig())
+    policy = TinyMMDiTPolicy(TinyMMDiTConfig(**cfg.arch.model_dump()))
+    if cfg.init_from:
+        from aegpo.checkpoint import load_policy
+
+        policy.load_state_dict(load_policy(cfg.init_from).state_dict())
     policy.train()
     ema = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))

@@ -67,7 +67,7 @@ def probe(policy, prompts: list[str], spec: ProbeSpec, recorder, batch_size: int
     """One ODE trajectory per prompt with entropy at every step: rollout.entropy_layers (P, T, L)."""
     n = len(prompts)
     return generate(policy, prompts, torch.arange(n), probe_seeds(prompts, spec.seed), StepPlan.ode(n, spec.num_steps),
-                    shift=spec.shift, recorder=recorder, batch_size=batch_size, progress=progress)
+                    shift=spec.shift, recorder=recorder, batch_size=batch_size, progress=progress, decode=False)
 
 
 class EntropyProfile:

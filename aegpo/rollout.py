@@ -97,6 +97,7 @@ def generate(
     batch_size: int = 64,
     keep_heads: bool = False,
     progress: bool = False,
+    decode: bool = True,
 ) -> Rollout:
     """Sample N = len(prompt_index) trajectories of T = plan.sde.shape[1] steps.
 
@@ -106,6 +107,8 @@ def generate(
         plan: which steps are SDE (noise_level) or ODE, and which transitions are kept for training.
         cond: pre-computed conditioning of `prompts` (computed here if None).
         recorder: an installed EntropyRecorder; if given, Entropy(t) is recorded at every step.
+        decode: decode the final latents to `images`; False (entropy probes) leaves `images` empty (N, 0, 0, 3),
+            skipping the VAE where no reward needs pixels.
     """
     n, num_steps = plan.sde.shape
     device = policy.device
@@ -158,7 +161,7 @@ def generate(
         sigmas=sigmas,
         plan=plan,
         final=final,
-        images=policy.decode(final),
+        images=policy.decode(final) if decode else np.zeros((n, 0, 0, 3), np.uint8),
         trans_sample=cat("sample", (0,), torch.long),
         trans_step=cat("step", (0,), torch.long),
         x_t=cat("x_t", (0, *shape)),

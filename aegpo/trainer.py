@@ -84,12 +84,20 @@ class Trainer:
         self.out_dir = self.project_dir / params.train.out_dir
         if params.model.threads:
             torch.set_num_threads(params.model.threads)
-        self.reward = build_reward(params.reward.name, params.reward.weights)
+        self.reward = build_reward(params.reward.name, params.reward.weights, params.reward.models, self.project_dir)
         for p in train_prompts + (eval_prompts or []):
             self.reward.validate_prompt(p)
         self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
         self.policy, self.base_ref = load_base_policy(params.model, self.project_dir)
         self.policy.to(resolve_device(params.model.device))
+        self.recorder = EntropyRecorder.from_params(params.entropy) if params.entropy.record else None
+        if self.recorder is not None:
+            self.recorder.install(self.policy)
+        self.strategy = build_strategy(params)
+        self.probe_spec = ProbeSpec.from_params(params)
+        # The base profile is read before any adapter or trainable copy exists: the policy is the base here.
+        self.base_profile_path = base_profile_path
+        self.base_profile = self._load_base_profile(base_profile_path) if self.strategy.needs_base_profile else None
         if params.model.finetune == "lora":
             lp = params.model.lora
             self.policy.add_lora(LoraSpec(lp.rank, lp.alpha, tuple(lp.target_modules), lp.init), seed=params.seed)
@@ -100,13 +108,6 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(list(self.named_trainable.values()), lr=o.lr, betas=o.betas,
                                            eps=o.eps, weight_decay=o.weight_decay)
         self.ema = EMA(list(self.named_trainable.values()), params.train.ema_decay) if params.train.ema_decay else None
-        self.recorder = EntropyRecorder.from_params(params.entropy) if params.entropy.record else None
-        if self.recorder is not None:
-            self.recorder.install(self.policy)
-        self.strategy = build_strategy(params)
-        self.probe_spec = ProbeSpec.from_params(params)
-        self.base_profile_path = base_profile_path
-        self.base_profile = self._load_base_profile(base_profile_path) if self.strategy.needs_base_profile else None
         self.callbacks: list[RoundCallback] = []
         self.round, self.nfe, self.history = 0, 0, []
         self.base_eval: dict[str, Any] | None = None
@@ -115,9 +116,8 @@ class Trainer:
     # ----- the loop --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train until `train.rounds` (resuming where the state left off); returns a summary."""
-        if self.round == 0 and self.params.train.eval_base and self.eval_prompts and self.base_eval is None:
-            self.base_eval = self.evaluate()
-            atomic_write_json(self.out_dir / "eval_base.json", self.base_eval)
+        if self.base_eval_due():
+            self.evaluate_base()
         while self.round < self.params.train.rounds:
             self.run_round()
         return {"rounds": self.round, "nfe": self.nfe, "history": self.history, "base_eval": self.base_eval,
@@ -170,20 +170,49 @@ class Trainer:
         work.times["optimize"] = time.perf_counter() - t0
         return work.stats
 
-    def end_round(self, work: RoundWork) -> dict[str, Any]:
-        """Count NFE, build the round record, evaluate and save when due, notify callbacks."""
-        p = self.params
+    def end_round(self, work: RoundWork, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Count NFE, build the round record, evaluate and save when due, notify callbacks.
+
+        `evaluation`: the result of `evaluate()` on the updated policy when the caller (the
+        pipeline's evaluation task) already ran it; its time is `work.times["eval"]`.
+        """
         ro = work.rollout
         self.nfe += ro.nfe + work.plan.probe_nfe + int(work.stats.get("trained_transitions", 0)) * self.policy.nfe_per_call
         record = self._record(work.ctx, work.plan, ro, work.scored, work.advantages, work.stats, work.times)
         record.update(self.strategy.observe(work.ctx, ro, work.scored.score))
         self.round = work.ctx.round + 1
-        if (p.train.eval_every and self.round % p.train.eval_every == 0) or self.round == p.train.rounds:
+        if evaluation is not None:
+            record["eval"] = evaluation
+        elif self.eval_due(self.round):
             t0 = time.perf_counter()
             record["eval"] = self.evaluate()
             record["seconds_eval"] = time.perf_counter() - t0
         self._finish_round(record)
         return record
+
+    # ----- hooks for the pipeline (flows/): stages run as separate tasks ------------------------
+    def eval_due(self, rounds_done: int) -> bool:
+        """Whether the policy is evaluated after `rounds_done` completed rounds."""
+        t = self.params.train
+        return bool(t.eval_every and rounds_done % t.eval_every == 0) or rounds_done == t.rounds
+
+    def base_eval_due(self) -> bool:
+        return self.round == 0 and self.params.train.eval_base and bool(self.eval_prompts) and self.base_eval is None
+
+    def evaluate_base(self) -> dict[str, Any]:
+        """Evaluate the base policy (the 'before' of before/after), kept in out_dir/eval_base.json."""
+        self.base_eval = self.evaluate()
+        atomic_write_json(self.out_dir / "eval_base.json", self.base_eval)
+        return self.base_eval
+
+    def restore_round(self, rollout: Rollout, plan: RoundPlan, scored: RewardResult | None = None,
+                      advantages: torch.Tensor | None = None, times: dict[str, float] | None = None) -> RoundWork:
+        """The RoundWork of round `self.round` rebuilt from stored stage outputs (aegpo.round_io)."""
+        ctx = self._context(self.round)
+        if rollout.prompts != ctx.prompts:
+            raise ValueError(f"stored rollout of round {self.round} was sampled for other prompts than this "
+                             "run's (stale artifacts from another run?)")
+        return RoundWork(ctx, plan, rollout=rollout, scored=scored, advantages=advantages, times=dict(times or {}))
 
     # ----- pieces ----------------------------------------------------------------------------
     def _context(self, r: int) -> RoundContext:
@@ -217,10 +246,9 @@ class Trainer:
         """The base-entropy profile of the training prompts: from `path`, or the cache (computed once)."""
         if path is not None:
             return EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
-        with self.policy.reference():
-            profile, path, computed = load_or_compute_base_profile(
-                self.policy, self.base_ref["manifest_sha256"], self.train_prompts, self.probe_spec, self.recorder,
-                self.project_dir / self.params.aegpo.cache_dir, progress=self.progress)
+        profile, path, _ = load_or_compute_base_profile(
+            self.policy, self.base_ref["manifest_sha256"], self.train_prompts, self.probe_spec, self.recorder,
+            self.project_dir / self.params.aegpo.cache_dir, progress=self.progress)
         self.base_profile_path = path
         return profile
 

@@ -7,7 +7,7 @@ from aegpo.checkpoint import CheckpointError, load_policy, save_base, save_train
 from aegpo.io_utils import atomic_directory
 from aegpo.models.base import LoraSpec
 
-from conftest import tiny_policy
+from aegpo_testing import tiny_policy
 
 
 def _out(policy):

@@ -8,7 +8,7 @@ from aegpo.entropy.core import explicit_entropy, mean_query_entropy
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.rollout import StepPlan, generate
 
-from conftest import tiny_policy
+from aegpo_testing import tiny_policy
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1000])

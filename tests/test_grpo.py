@@ -7,7 +7,7 @@ from aegpo.models.base import LoraSpec
 from aegpo.rollout import StepPlan, generate, sample_seeds
 from aegpo.strategies.base import expand_groups
 
-from conftest import tiny_policy
+from aegpo_testing import tiny_policy
 
 
 def test_group_advantages_variable_sizes_match_manual_zscores():

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from aegpo.entropy.core import mean_query_entropy
+from aegpo.entropy.fused import fused_mean_query_entropy
 
 
 class EntropyRecorder:
@@ -30,6 +31,8 @@ class EntropyRecorder:
         normalize: divide by log(number of keys) → [0, 1].
         query_stride: use every n-th image query (cheaper, approximate).
         chunk_size: image queries per log-sum-exp block.
+        method: "chunked" (aegpo.entropy.core) or "fused" (aegpo.entropy.fused: one flash-attention call,
+            falling back to chunked where no fused kernel applies).
     """
 
     def __init__(
@@ -40,9 +43,13 @@ class EntropyRecorder:
         normalize: bool = False,
         query_stride: int = 1,
         chunk_size: int = 1024,
+        method: str = "chunked",
     ) -> None:
         if keys not in ("all", "text"):
             raise ValueError(f"keys: expected 'all' or 'text', got {keys!r}")
+        if method not in ("chunked", "fused"):
+            raise ValueError(f"method: expected 'chunked' or 'fused', got {method!r}")
+        self.method = method
         self.layers_spec, self.heads_spec = layers, heads
         self.keys, self.normalize = keys, normalize
         self.query_stride, self.chunk_size = query_stride, chunk_size
@@ -55,7 +62,7 @@ class EntropyRecorder:
     @classmethod
     def from_params(cls, p) -> EntropyRecorder:
         """From an `aegpo.config.EntropyParams`."""
-        return cls(p.layers, p.heads, p.keys, p.normalize, p.query_stride, p.chunk_size)
+        return cls(p.layers, p.heads, p.keys, p.normalize, p.query_stride, p.chunk_size, getattr(p, "method", "chunked"))
 
     def install(self, policy) -> list[str]:
         """Put recording processors on the selected layers of `policy`; returns their module names."""
@@ -109,7 +116,9 @@ class EntropyRecorder:
             if key.shape[2] == 0:
                 raise ValueError("entropy.keys=text, but this attention layer has no text keys")
         q = image_query[:, :, :: self.query_stride]
-        ent = mean_query_entropy(q, key, scale, self.chunk_size)
+        ent = fused_mean_query_entropy(q, key, scale) if self.method == "fused" else None
+        if ent is None:
+            ent = mean_query_entropy(q, key, scale, self.chunk_size)
         if self.normalize:
             ent = ent / math.log(key.shape[2])
         self._values[slot] = ent

@@ -9,6 +9,8 @@ from aegpo.models.base import FlowPolicy
 
 POLICIES: dict[str, str] = {
     "tiny_mmdit": "aegpo.models.tiny_mmdit:TinyMMDiTPolicy",
+    "sd3": "aegpo.models.sd3:SD3Policy",
+    "flux": "aegpo.models.flux:FluxPolicy",
 }
 
 

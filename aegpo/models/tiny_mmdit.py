@@ -130,12 +130,14 @@ class TinyMMDiTPolicy(FlowPolicy):
 
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         t = cond.tensors
+        if self.guidance_scale == 1.0:
+            return self.denoise(latents, sigma, t["states"], t["pooled"]).float()
+        # The unconditional branch is detached (as in Flow-GRPO) and runs first, so that the
+        # attention entropy left in an active recorder is the conditional branch's.
+        with torch.no_grad():
+            u = self.denoise(latents, sigma, t["uncond_states"], t["uncond_pooled"]).float()
         v = self.denoise(latents, sigma, t["states"], t["pooled"]).float()
-        if self.guidance_scale != 1.0:
-            with torch.no_grad():  # the unconditional branch is detached, as in Flow-GRPO
-                u = self.denoise(latents, sigma, t["uncond_states"], t["uncond_pooled"]).float()
-            v = u + self.guidance_scale * (v - u)
-        return v
+        return u + self.guidance_scale * (v - u)
 
     @property
     def nfe_per_call(self) -> int:

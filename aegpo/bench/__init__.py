@@ -1,0 +1,1 @@
+"""Benchmarks and hardware checks (`python -m aegpo.bench.<name>`)."""
