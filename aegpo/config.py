@@ -167,6 +167,7 @@ class ArchParams(Section):
     head_dim: int = Field(32, ge=8, description="Width per head (denoiser width = heads × head_dim).")
     text_dim: int = Field(64, ge=8, description="Text encoder width.")
     text_layers: int = Field(2, ge=1, description="Text encoder layers.")
+    prediction: Literal["x", "v"] = Field("x", description="Denoiser output: clean image x0 (converted to a velocity) or velocity v.")
 
 
 class PretrainParams(Section):

@@ -41,13 +41,15 @@ class ProbeSpec:
     keys: str
     normalize: bool
     query_stride: int
+    method: str = "chunked"
 
     @classmethod
     def from_params(cls, params) -> ProbeSpec:
         e = params.entropy
         tup = lambda v: v if isinstance(v, str) else tuple(v)  # noqa: E731
         return cls(params.sampler.num_steps, params.sampler.shift, params.aegpo.probe_seed,
-                   params.model.guidance_scale, tup(e.layers), tup(e.heads), e.keys, e.normalize, e.query_stride)
+                   params.model.guidance_scale, tup(e.layers), tup(e.heads), e.keys, e.normalize, e.query_stride,
+                   e.method)
 
 
 def prompt_hash(prompt: str) -> str:

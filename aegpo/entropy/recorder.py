@@ -62,7 +62,7 @@ class EntropyRecorder:
     @classmethod
     def from_params(cls, p) -> EntropyRecorder:
         """From an `aegpo.config.EntropyParams`."""
-        return cls(p.layers, p.heads, p.keys, p.normalize, p.query_stride, p.chunk_size, getattr(p, "method", "chunked"))
+        return cls(p.layers, p.heads, p.keys, p.normalize, p.query_stride, p.chunk_size, p.method)
 
     def install(self, policy) -> list[str]:
         """Put recording processors on the selected layers of `policy`; returns their module names."""

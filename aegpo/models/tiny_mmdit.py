@@ -20,6 +20,9 @@ from aegpo.models.base import Conditioning, FlowPolicy
 from aegpo.models.tokenizer import build_word_tokenizer
 
 
+SIGMA_FLOOR = 0.05  # x-prediction: v = (x_σ − x̂0) / max(σ, SIGMA_FLOOR)
+
+
 @dataclass(frozen=True)
 class TinyMMDiTConfig:
     """Architecture of the built-in policy (stored in each checkpoint's aegpo_checkpoint.json)."""
@@ -33,6 +36,7 @@ class TinyMMDiTConfig:
     text_layers: int = 2
     text_heads: int = 2
     max_tokens: int = 16  # prompts are padded/truncated to this many tokens
+    prediction: str = "x"  # the denoiser predicts the clean image x0 ("x") or the velocity ("v")
 
     def transformer(self) -> SD3Transformer2DModel:
         return SD3Transformer2DModel(
@@ -119,14 +123,24 @@ class TinyMMDiTPolicy(FlowPolicy):
         return Conditioning(tensors)
 
     def denoise(self, latents: torch.Tensor, sigma: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor):
-        """One denoiser call: v (B, 3, H, W); the SD3 convention feeds timestep = 1000·σ."""
-        return self.transformer(
+        """One denoiser call → velocity v (B, 3, H, W); the SD3 convention feeds timestep = 1000·σ.
+
+        With `prediction = "x"` the transformer outputs the clean image and v = (x_σ − x̂0) / σ
+        (σ floored at SIGMA_FLOOR). Large-patch pixel-space transformers learn clean images far
+        faster than noise-like velocities (Li & He, "Back to Basics: Let Denoising Generative
+        Models Denoise", 2025); the policy still exposes a velocity, so samplers are unchanged.
+        """
+        out = self.transformer(
             hidden_states=latents,
             encoder_hidden_states=states,
             pooled_projections=pooled,
             timestep=sigma * 1000.0,
             return_dict=False,
         )[0]
+        if self.config.prediction == "v":
+            return out
+        s = sigma.clamp_min(SIGMA_FLOOR).view(-1, *([1] * (latents.ndim - 1))).to(out.dtype)
+        return (latents - out) / s
 
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         t = cond.tensors

@@ -1,0 +1,58 @@
+"""The two CPU benchmarks run end to end on a tiny setting and write what they promise."""
+
+import csv
+import json
+
+from aegpo.bench.efficiency import BenchSpec, nfe_to_reach, run_efficiency
+from aegpo.bench.overhead import run_overhead
+from aegpo.config import load_params
+
+
+def _params(tiny_base, tmp_path):
+    prompts = tmp_path / "train.txt"
+    prompts.write_text("a red circle\ntwo blue squares\na green triangle left of a white square\n")
+    evals = tmp_path / "eval.txt"
+    evals.write_text("a blue circle\ntwo red triangles\n")
+    return load_params(None, [
+        f"model.checkpoint={tiny_base}", f"train.prompts={prompts}", f"eval.prompts={evals}",
+        "train.prompts_per_round=2", "train.group_size=2", "sampler.num_steps=3", "eval.num_steps=2",
+        "model.lora.rank=2", "entropy.layers=[0]", "aegpo.peaks_k=1", f"aegpo.cache_dir={tmp_path / 'cache'}"])
+
+
+def test_efficiency_benchmark_end_to_end(tiny_base, tmp_path):
+    params = _params(tiny_base, tmp_path)
+    spec = BenchSpec(strategies=["grpo", "aegpo"], seeds=[0, 1], nfe_budget=40, eval_every_nfe=20)
+    out = tmp_path / "eff"
+    summary = run_efficiency(params, spec, out)
+    for name in ("curves.csv", "curves.png", "table.md", "summary.json", "base_eval.json"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "curves.csv")))
+    assert {r["strategy"] for r in rows} == {"grpo", "aegpo"} and {r["seed"] for r in rows} == {"0", "1"}
+    for s in ("grpo", "aegpo"):
+        v = json.loads((out / "summary.json").read_text())["strategies"][s]
+        assert set(v) >= {"nfe_to_target", "final_strict_mean", "final_strict_std", "seeds"}
+        assert v["seeds"] == [0, 1] and v["final_nfe_mean"] >= 40
+    assert summary["settings"]["machine"]
+    # a second call reuses the finished runs (resumable benchmark)
+    before = (out / "runs" / "grpo-s0" / "curve.json").stat().st_mtime_ns
+    run_efficiency(params, spec, out)
+    assert (out / "runs" / "grpo-s0" / "curve.json").stat().st_mtime_ns == before
+
+
+def test_nfe_to_reach_interpolates():
+    curve = [{"nfe": 0, "strict": 0.2}, {"nfe": 100, "strict": 0.4}, {"nfe": 200, "strict": 0.6}]
+    assert nfe_to_reach(curve, 0.5) == 150.0
+    assert nfe_to_reach(curve, 0.2) == 0.0
+    assert nfe_to_reach(curve, 0.9) == float("inf")
+
+
+def test_overhead_benchmark_end_to_end(tiny_base, tmp_path):
+    params = _params(tiny_base, tmp_path)
+    variants = {"full": {"layers": "all", "heads": "all", "query_stride": 1},
+                "one-layer": {"layers": [1], "heads": "all", "query_stride": 2}}
+    summary = run_overhead(params, tmp_path / "ovh", num_prompts=2, repeats=1, variants=variants, select="one-layer")
+    assert summary["time_ratio"] > 0 and summary["memory_ratio"] > 0
+    rows = {r["variant"]: r for r in summary["variants"]}
+    assert set(rows) == {"off", "full", "one-layer"}
+    assert rows["full"]["peak_overlap"] == 1.0 and rows["full"]["prompt_rank_corr"] > 0.99
+    assert (tmp_path / "ovh" / "overhead.md").is_file() and (tmp_path / "ovh" / "overhead.csv").is_file()
