@@ -142,7 +142,8 @@ def cmd_bench_efficiency(args) -> int:
     from aegpo.bench.efficiency import BenchSpec, run_efficiency
 
     spec = BenchSpec(strategies=args.strategies.split(","), seeds=[int(x) for x in args.seeds.split(",")],
-                     nfe_budget=args.nfe_budget, eval_every_nfe=args.eval_every_nfe, target=args.target)
+                     nfe_budget=args.nfe_budget, eval_every_nfe=args.eval_every_nfe, target=args.target,
+                     jobs=args.jobs)
     summary = run_efficiency(_params(args), spec, args.out)
     print((Path(args.out) / "table.md").read_text())
     print(f"machine: {summary['settings']['machine']}\nresults: {args.out}/(curves.csv, curves.png, table.md, summary.json)")
@@ -202,7 +203,8 @@ def cmd_pipeline_evaluate(args) -> int:
     from flows.evaluate import evaluate_flow, prepare_eval
 
     prepare_eval(args.checkpoint, args.params, args.set, args.project_dir)
-    r = evaluate_flow(args.checkpoint, args.params, args.set, args.project_dir, out=args.out, label=args.label)
+    r = evaluate_flow(args.checkpoint, args.params, args.set, args.project_dir, out=args.out, label=args.label,
+                      reuse=not args.no_reuse)
     m = r["summary"]
     print(f"{args.label}: strict {m.get('strict', float('nan')):.3f}  dense {m.get('dense', float('nan')):.3f}"
           + (f"  (base strict {m['base_strict']:.3f})" if m.get("base_strict") is not None else "")
@@ -270,6 +272,8 @@ def add_pipeline_parser(sub) -> None:
     q.add_argument("--checkpoint", default=None, help="folder or stored key (default: model.checkpoint)")
     q.add_argument("--label", default="final")
     q.add_argument("--out", default=None, help="metrics JSON")
+    q.add_argument("--no-reuse", action="store_true",
+                   help="evaluate even if the training run already evaluated this checkpoint with the same settings")
     q.set_defaults(pipeline_func=cmd_pipeline_evaluate)
 
     q = psub.add_parser("doctor", help="print where artifacts, runs and flows go")
@@ -327,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nfe-budget", type=int, default=150_000, help="cumulative NFE per run")
     p.add_argument("--eval-every-nfe", type=int, default=25_000)
     p.add_argument("--target", type=float, default=None, help="strict accuracy target (default: halfway base → best)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each with cpus // jobs threads)")
     p.set_defaults(func=cmd_bench_efficiency)
     p = bsub.add_parser("overhead", help="entropy recording on vs off: rollout time and peak memory")
     _add_params(p)

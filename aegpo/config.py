@@ -175,14 +175,16 @@ class PretrainParams(Section):
     out: str = Field("checkpoints/shapes-base", description="Where the base checkpoint is written.")
     steps: int = Field(6000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Rendered (image, caption) pairs per step.")
-    lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (linear warm-up, cosine decay).")
+    lr: float = Field(7e-4, gt=0, description="AdamW peak learning rate (after a linear warm-up).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant after warm-up (a run's first N steps do not depend on `steps`, so any "
+        "intermediate checkpoint is reproduced exactly by steps=N), or cosine decay to 10% at `steps`.")
     warmup: int = Field(300, ge=0, description="Warm-up steps.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the shipped weights.")
     caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of an empty caption (enables guidance).")
-    sigma_sampling: Literal["logit_normal", "uniform"] = Field("logit_normal", description="Training σ distribution (SD3: logit-normal(0, 1)).")
+    sigma_sampling: Literal["logit_normal", "uniform"] = Field("uniform", description="Training σ distribution: uniform (default; trains the high-noise layout phase) or SD3's logit-normal(0, 1).")
     save_every: int = Field(500, ge=1, description="Write an intermediate checkpoint every this many steps.")
-    eval_every: int = Field(1000, ge=0, description="Evaluate strict accuracy every this many steps (0 = never).")
     seed: int = Field(0, description="Seed of initialisation, data and noise.")
     init_from: str = Field("", description="Start from this base checkpoint's weights instead of random init (empty = from scratch).")
 

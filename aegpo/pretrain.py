@@ -49,9 +49,11 @@ class ShapesStream:
 
 
 def lr_at(step: int, cfg) -> float:
-    """Linear warm-up then cosine decay to 10% of the peak."""
+    """Linear warm-up, then constant or cosine decay to 10% of the peak."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from aegpo.config import Params, apply_overrides, params_from_dict
 from aegpo.io_utils import atomic_write_json, atomic_write_text
@@ -42,6 +43,7 @@ class BenchSpec:
     nfe_budget: int
     eval_every_nfe: int
     target: float | None = None  # absolute strict accuracy; None = halfway base → best final
+    jobs: int = 1  # runs in parallel (processes); each gets cpus // jobs torch threads
 
 
 def run_one(params: Params, spec: BenchSpec, out: Path, strategy: str, seed: int, base_eval: dict[str, Any],
@@ -177,10 +179,24 @@ def run_efficiency(params: Params, spec: BenchSpec, out: str | Path) -> dict[str
                              shift=params.sampler.shift, batch_size=e.batch_size)
         base_eval.pop("images")
         atomic_write_json(base_path, base_eval)
+    # seed-major order: an interrupted benchmark has already covered every strategy on the first seeds
+    pairs = [(strategy, seed) for seed in spec.seeds for strategy in spec.strategies]
+    args = (params, spec, out)
     rows: list[dict[str, Any]] = []
-    for seed in spec.seeds:  # seed-major: a partial benchmark already covers every strategy
-        for strategy in spec.strategies:
-            rows += run_one(params, spec, out, strategy, seed, base_eval, train_prompts, eval_prompts)
+    if spec.jobs <= 1:
+        for strategy, seed in pairs:
+            rows += run_one(*args, strategy, seed, base_eval, train_prompts, eval_prompts)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, torch.get_num_threads() // spec.jobs)
+        with ProcessPoolExecutor(spec.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            futures = [pool.submit(run_one, *args, strategy, seed, base_eval, train_prompts, eval_prompts)
+                       for strategy, seed in pairs]
+            for future in futures:
+                rows += future.result()
     with open(out / "curves.csv.tmp", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -188,12 +204,19 @@ def run_efficiency(params: Params, spec: BenchSpec, out: str | Path) -> dict[str
     (out / "curves.csv.tmp").replace(out / "curves.csv")
     summary = summarize(rows, spec, base_eval["strict"])
     summary["settings"] = {"nfe_budget": spec.nfe_budget, "eval_every_nfe": spec.eval_every_nfe,
-                           "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
+                           "machine": machine_description(), "jobs": spec.jobs, "date": time.strftime("%Y-%m-%d"),
                            "params": {k: v for k, v in params.model_dump().items() if k in ("sampler", "train", "aegpo", "reward")}}
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "table.md", table_markdown(summary))
     plot(rows, spec, summary, out / "curves.png")
     return summary
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def machine_description() -> str:

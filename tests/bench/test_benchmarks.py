@@ -39,6 +39,17 @@ def test_efficiency_benchmark_end_to_end(tiny_base, tmp_path):
     assert (out / "runs" / "grpo-s0" / "curve.json").stat().st_mtime_ns == before
 
 
+def test_efficiency_benchmark_parallel_jobs_match_sequential(tiny_base, tmp_path):
+    params = _params(tiny_base, tmp_path)
+    spec = BenchSpec(strategies=["grpo"], seeds=[0, 1], nfe_budget=30, eval_every_nfe=30, jobs=2)
+    run_efficiency(params, spec, tmp_path / "par")
+    spec.jobs = 1
+    run_efficiency(params, spec, tmp_path / "seq")
+    par = [(r["seed"], r["nfe"], r["strict"]) for r in csv.DictReader(open(tmp_path / "par" / "curves.csv"))]
+    seq = [(r["seed"], r["nfe"], r["strict"]) for r in csv.DictReader(open(tmp_path / "seq" / "curves.csv"))]
+    assert par == seq
+
+
 def test_nfe_to_reach_interpolates():
     curve = [{"nfe": 0, "strict": 0.2}, {"nfe": 100, "strict": 0.4}, {"nfe": 200, "strict": 0.6}]
     assert nfe_to_reach(curve, 0.5) == 150.0
