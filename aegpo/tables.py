@@ -14,15 +14,26 @@ Tables (one row per ...):
   reward part, `advantage` float32, `sde_steps` list<int16>, `train_steps` list<int16>,
   `log_probs` list<float32> (old log-probs of the trained steps, same order as `train_steps`),
   `entropy_t` list<float32> (Entropy(t) per step; empty when not recorded).
+  Written by the pipeline's scoring task: `<run>/rounds/round-NNNN/rollouts.parquet`
+  (aegpo.round_io; `image` is `images.png#i`, tile i of the round's image grid).
 - **rewards** (image scored by `aegpo score` or a scoring task): `image` string, `prompt` string,
   `score` float64, one float64 column per reward part.
+- **round rewards** (sample of a training round; the scoring task's output, read back by the
+  policy-update task): `round` int32, `sample` int32, `group` int32, then the rewards columns,
+  then `advantage` float32. `<run>/rounds/round-NNNN/rewards.parquet`.
+- **evaluation rows** (eval prompt): `label` string (`base`, `round-0010`, `final`, ...),
+  `prompt_id` int32, `prompt` string, `image` string (`images.png#i`), `reward` float64, one
+  float64 column per reward part (mean over the prompt's samples). `<run>/evals/<label>/rows.parquet`.
 
-Writes go to a temporary file in the same folder, then an atomic rename: a reader sees the
-old table or the new one, never half of one.
+Every table carries schema metadata `aegpo.schema` (its name) and, for per-part tables,
+`aegpo.reward_parts` (JSON list). Writes go to a temporary file in the same folder, then an
+atomic rename (`write_table`), or to bytes for aegpo.storage (`to_parquet_bytes`, one atomic
+PUT): a reader sees the old table or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -47,6 +58,42 @@ ROLLOUT_SCHEMA = pa.schema([
 ])  # plus one `reward_<part>` float64 column per reward part, appended at write time
 
 REWARD_SCHEMA = pa.schema([("image", pa.string()), ("prompt", pa.string()), ("score", pa.float64())])
+# plus one float64 column per reward part
+
+ROUND_REWARD_SCHEMA = pa.schema([
+    ("round", pa.int32()), ("sample", pa.int32()), ("group", pa.int32()), *REWARD_SCHEMA,
+    ("advantage", pa.float32()),
+])  # plus one float64 column per reward part (named after the part)
+
+EVAL_ROWS_SCHEMA = pa.schema([
+    ("label", pa.string()), ("prompt_id", pa.int32()), ("prompt", pa.string()), ("image", pa.string()),
+    ("reward", pa.float64()),
+])  # plus one float64 column per reward part
+
+SCHEMAS = {"profile": PROFILE_SCHEMA, "rollouts": ROLLOUT_SCHEMA, "rewards": REWARD_SCHEMA,
+           "round_rewards": ROUND_REWARD_SCHEMA, "eval_rows": EVAL_ROWS_SCHEMA}
+
+
+def with_parts(schema: pa.Schema, parts: list[str], prefix: str = "") -> pa.Schema:
+    """`schema` plus one float64 column `<prefix><part>` per reward part."""
+    for part in parts:
+        schema = schema.append(pa.field(f"{prefix}{part}", pa.float64()))
+    return schema
+
+
+def to_parquet_bytes(table: pa.Table) -> bytes:
+    """The Parquet file of `table` as bytes (for aegpo.storage: one atomic PUT)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def from_parquet_bytes(data: bytes, schema: pa.Schema | None = None, source: str = "table") -> pa.Table:
+    """Read a table from bytes; with `schema`, check that its columns and types are there."""
+    table = pq.read_table(io.BytesIO(data))
+    if schema is not None:
+        check_schema(table, schema, source)
+    return table
 
 
 def with_metadata(table: pa.Table, meta: dict[str, Any]) -> pa.Table:
@@ -84,9 +131,15 @@ def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
         raise FileNotFoundError(f"table {path} does not exist")
     table = pq.read_table(str(path))
     if schema is not None:
-        for field in schema:
-            if field.name not in table.schema.names:
-                raise ValueError(f"table {path}: column {field.name!r} is missing")
-            if not table.schema.field(field.name).type.equals(field.type):
-                raise ValueError(f"table {path}: column {field.name!r} is {table.schema.field(field.name).type}, expected {field.type}")
+        check_schema(table, schema, str(path))
     return table
+
+
+def check_schema(table: pa.Table, schema: pa.Schema, source: str = "table") -> None:
+    """Raise ValueError naming the column when `table` lacks a column of `schema` or has another type."""
+    for field in schema:
+        if field.name not in table.schema.names:
+            raise ValueError(f"table {source}: column {field.name!r} is missing")
+        if not table.schema.field(field.name).type.equals(field.type):
+            raise ValueError(f"table {source}: column {field.name!r} is {table.schema.field(field.name).type}, "
+                             f"expected {field.type}")

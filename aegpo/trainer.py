@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from aegpo.checkpoint import save_trained
 from aegpo.config import Params, flatten
@@ -118,8 +119,13 @@ class Trainer:
         """Train until `train.rounds` (resuming where the state left off); returns a summary."""
         if self.base_eval_due():
             self.evaluate_base()
+        bar = tqdm(total=self.params.train.rounds, initial=self.round, desc="train", unit="round",
+                   disable=not self.progress)
         while self.round < self.params.train.rounds:
-            self.run_round()
+            record = self.run_round()
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", nfe=self.nfe)
+        bar.close()
         return {"rounds": self.round, "nfe": self.nfe, "history": self.history, "base_eval": self.base_eval,
                 "checkpoint": str(self.out_dir / "checkpoint")}
 

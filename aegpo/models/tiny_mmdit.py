@@ -186,7 +186,8 @@ class TinyMMDiTPolicy(FlowPolicy):
 
         files = manifest["files"]
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / files["tokenizer"]))
-        policy = cls(TinyMMDiTConfig(**manifest["policy"]["config"]), tokenizer, guidance_scale=guidance_scale)
+        config = {"prediction": "v", **manifest["policy"]["config"]}  # checkpoints before x-prediction were v
+        policy = cls(TinyMMDiTConfig(**config), tokenizer, guidance_scale=guidance_scale)
         policy.transformer.load_state_dict(load_file(str(directory / files["transformer"])))
         policy.text_encoder.load_state_dict(load_file(str(directory / files["text_encoder"])))
         return policy

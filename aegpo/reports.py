@@ -1,0 +1,94 @@
+"""Run reports for DVC: metrics JSON and plot CSVs built from a run folder's round records.
+
+Files (all rewritten whole and atomically, from `<run>/rounds/round-NNNN.json` and
+`<run>/eval_base.json`):
+
+    rewards.csv        round, reward_mean, reward_std, reward_<part>..., loss, kl, clip_frac,
+                       grad_norm, nfe                                   (one row per round)
+    eval_curve.csv     rounds_done, strict, dense, reward               (0 = the base policy)
+    entropy_alloc.csv  round, prompt_id, delta_entropy, group_size, reward_mean
+                       (one row per prompt and round that measured ΔEntropy; header only for
+                       strategies without it, e.g. grpo)
+    train_metrics.json rounds, nfe, strategy, reward_mean (last round), eval (last), base_eval
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from aegpo.io_utils import atomic_write_json, atomic_write_text
+
+REWARD_COLUMNS = ("round", "reward_mean", "reward_std")
+POLICY_COLUMNS = ("loss", "kl", "clip_frac", "grad_norm", "nfe")
+EVAL_COLUMNS = ("rounds_done", "strict", "dense", "reward")
+ALLOC_COLUMNS = ("round", "prompt_id", "delta_entropy", "group_size", "reward_mean")
+
+
+def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The run's round records, in round order."""
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(run_dir).glob("rounds/round-*.json"))]
+
+
+def load_base_eval(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "eval_base.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _csv(header: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in header})
+    return buf.getvalue()
+
+
+def _eval_point(rounds_done: int, ev: dict[str, Any]) -> dict[str, Any]:
+    return {"rounds_done": rounds_done, **{k: ev.get(k) for k in EVAL_COLUMNS[1:]}}
+
+
+def allocation_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-prompt ΔEntropy and group size of one round (empty when the strategy measures no ΔEntropy)."""
+    plan = record.get("plan") or {}
+    delta = plan.get("delta_entropy")
+    if delta is None:
+        return []
+    rows = []
+    for i, pp in enumerate(record.get("per_prompt", [])):
+        rows.append({"round": record["round"], "prompt_id": pp["prompt_id"], "prompt": pp["prompt"],
+                     "delta_entropy": delta[i], "group_size": pp["group_size"], "reward_mean": pp["reward_mean"],
+                     "base_entropy": (plan.get("base_entropy") or [None] * (i + 1))[i],
+                     "current_entropy": (plan.get("current_entropy") or [None] * (i + 1))[i],
+                     "chosen_steps": " ".join(map(str, (plan.get("chosen_steps") or [[]] * (i + 1))[i]))})
+    return rows
+
+
+def write_reports(run_dir: str | Path, reports_dir: str | Path, strategy: str = "") -> dict[str, Any]:
+    """Write the four report files into `reports_dir`; returns the metrics dict."""
+    records = load_records(run_dir)
+    base_eval = load_base_eval(run_dir)
+    out = Path(reports_dir)
+    parts = sorted({k for r in records for k in r if k.startswith("reward_") and k not in ("reward_mean", "reward_std")})
+    reward_header = [*REWARD_COLUMNS, *parts, *POLICY_COLUMNS]
+    atomic_write_text(out / "rewards.csv", _csv(reward_header, records))
+    curve = [_eval_point(0, base_eval)] if base_eval else []
+    curve += [_eval_point(r["round"] + 1, r["eval"]) for r in records if r.get("eval")]
+    atomic_write_text(out / "eval_curve.csv", _csv(list(EVAL_COLUMNS), curve))
+    alloc = [row for r in records for row in allocation_rows(r)]
+    atomic_write_text(out / "entropy_alloc.csv", _csv(list(ALLOC_COLUMNS), alloc))
+    last_eval = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
+    metrics = {
+        "strategy": strategy, "rounds": len(records), "nfe": records[-1]["nfe"] if records else 0,
+        "reward_mean": records[-1]["reward_mean"] if records else None,
+        "eval": _summary(last_eval), "base_eval": _summary(base_eval),
+    }
+    atomic_write_json(out / "train_metrics.json", metrics)
+    return metrics
+
+
+def _summary(ev: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if ev is None else {k: ev[k] for k in ("strict", "dense", "reward", "nfe") if k in ev}

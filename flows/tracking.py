@@ -1,0 +1,256 @@
+"""MLflow tracking of pipeline runs, always through `MlflowClient` with explicit run ids.
+
+One **parent run** per training run (found again by its tags when the run resumes, so a
+resumed run continues the same curves), a **child run** per evaluation. Nothing here uses
+MLflow's fluent active-run API: tasks on other threads or processes never open stray runs.
+
+Where runs go: `tracking_uri` (flow parameter) > `MLFLOW_TRACKING_URI` > a SQLite file
+`mlflow.db` in the project (artifacts under `mlruns/`, or `<AEGPO_STORAGE_URI>/mlflow` when
+storage is S3). An `http(s)://` tracking server works the same; it is checked first and an
+unreachable one fails the run before anything is written, naming the URI.
+
+Metric steps: per-round metrics use `step = round` (0-based round index); evaluation metrics
+(`eval/*`) use `step = rounds completed` (0 = the base policy before training).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("aegpo.flows.tracking")
+
+PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def default_tracking_uri(project_dir: str | Path) -> str:
+    """MLFLOW_TRACKING_URI, else the project's SQLite file."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env else f"sqlite:///{Path(project_dir).resolve() / 'mlflow.db'}"
+
+
+def check_tracking(uri: str, attempts: int = 3, delay: float = 1.0) -> None:
+    """Fail with a message naming `uri` when a tracking server does not answer its /health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+                last = TrackingError(f"HTTP {resp.status}")
+        except (urllib.error.URLError, OSError) as err:
+            last = err
+        if attempt + 1 < attempts:
+            time.sleep(delay * (attempt + 1))
+    raise TrackingError(f"MLflow tracking server {uri} is unreachable after {attempts} attempts ({last}); "
+                        "start it, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db")
+
+
+def share_s3_endpoint() -> None:
+    """MLflow reads its S3 endpoint from MLFLOW_S3_ENDPOINT_URL: default it to aegpo's (one setting for both)."""
+    from aegpo.storage import StorageSettings
+
+    endpoint = StorageSettings.from_env().endpoint_url
+    if endpoint and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
+        os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint
+
+
+# ----- what gets logged ---------------------------------------------------------------------------
+def _stats(prefix: str, values: list[float] | None) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values, dtype=np.float64)
+    return {f"{prefix}_mean": float(arr.mean()), f"{prefix}_std": float(arr.std()),
+            f"{prefix}_min": float(arr.min()), f"{prefix}_max": float(arr.max())}
+
+
+POLICY_KEYS = ("loss", "policy_loss", "clip_frac", "kl", "approx_kl", "grad_norm", "ratio_mean", "first_ratio_dev",
+               "trained_transitions")
+
+
+def round_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of one round record (aegpo.trainer), by metric name."""
+    plan = record.get("plan") or {}
+    m: dict[str, float] = {"reward/mean": record["reward_mean"], "reward/std": record["reward_std"],
+                           "advantage/abs_mean": record.get("adv_abs_mean", 0.0)}
+    m.update({f"reward/{k[len('reward_'):]}": v for k, v in record.items()
+              if k.startswith("reward_") and k not in ("reward_mean", "reward_std") and isinstance(v, (int, float))})
+    m.update({f"policy/{k}": record[k] for k in POLICY_KEYS if k in record})
+    m.update({f"entropy/{k}": v for k, v in _stats("delta", plan.get("delta_entropy")).items()})
+    if plan.get("current_entropy"):
+        m["entropy/current_mean"] = float(np.mean(plan["current_entropy"]))
+    if plan.get("base_entropy"):
+        m["entropy/base_mean"] = float(np.mean(plan["base_entropy"]))
+    if record.get("entropy_t"):
+        m["entropy/rollout_mean"] = float(np.mean(record["entropy_t"]))
+    sizes = plan.get("group_sizes") or [p["group_size"] for p in record.get("per_prompt", [])]
+    m.update({f"group_size/{k.split('_', 1)[1]}": v for k, v in _stats("g", sizes).items()})
+    chosen = [s for row in plan.get("chosen_steps") or [] for s in row]
+    if chosen:
+        m["steps/chosen_mean"] = float(np.mean(chosen))
+    m["steps/sde_per_sample"] = record.get("sde_steps_per_sample", 0.0)
+    m["steps/train_per_sample"] = record.get("train_steps_per_sample", 0.0)
+    m["nfe/cumulative"] = record["nfe"]
+    m["nfe/rollout"] = record.get("rollout_nfe", 0)
+    m["nfe/probe"] = record.get("probe_nfe", 0)
+    m.update({f"time/{k[len('seconds_'):]}_s": v for k, v in record.items() if k.startswith("seconds_")})
+    return {k: float(v) for k, v in m.items() if v is not None and np.isfinite(float(v))}
+
+
+def allocation_table(record: dict[str, Any]) -> dict[str, list]:
+    """Per-prompt ΔEntropy and allocation of one round (columns of equal length)."""
+    plan = record.get("plan") or {}
+    pp = record.get("per_prompt", [])
+    n = len(pp)
+
+    def col(name: str) -> list:
+        values = plan.get(name)
+        return list(values) if values is not None and len(values) == n else [None] * n
+
+    return {"round": [record["round"]] * n, "prompt_id": [p["prompt_id"] for p in pp], "prompt": [p["prompt"] for p in pp],
+            "delta_entropy": col("delta_entropy"), "base_entropy": col("base_entropy"),
+            "current_entropy": col("current_entropy"), "group_size": [p["group_size"] for p in pp],
+            "chosen_steps": [" ".join(map(str, s)) for s in col("chosen_steps")] if plan.get("chosen_steps") else [""] * n,
+            "reward_mean": [p["reward_mean"] for p in pp], "reward_std": [p["reward_std"] for p in pp]}
+
+
+def entropy_figure(record: dict[str, Any]):
+    """Matplotlib figure: the round's Entropy(t) (rollouts, and the probe when there was one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    for key, label in (("entropy_t", "rollouts"), ("probe_entropy_t", "probe (ODE)")):
+        values = record.get(key) if key == "entropy_t" else (record.get("plan") or {}).get(key)
+        if values:
+            ax.plot(range(len(values)), values, marker="o", label=label)
+    ax.set_xlabel("denoising step t")
+    ax.set_ylabel("attention entropy (nats)")
+    ax.set_title(f"Entropy(t), round {record['round']}")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# ----- the tracker ----------------------------------------------------------------------------------
+class Tracker:
+    """Parent/child MLflow runs of aegpo, by explicit run id."""
+
+    def __init__(self, tracking_uri: str, experiment: str = "aegpo", artifact_location: str | None = None) -> None:
+        from mlflow import MlflowClient
+
+        share_s3_endpoint()
+        self.uri, self.experiment = tracking_uri, experiment
+        self.artifact_location = artifact_location
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._experiment_id: str | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                self._experiment_id = self.client.create_experiment(self.experiment, self.artifact_location)
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def find_run(self, tags: dict[str, str], parent_id: str | None = None) -> str | None:
+        """The newest run of the experiment carrying all `tags` (and `parent_id` when given)."""
+        conds = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        if parent_id:
+            conds.append(f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        runs = self.client.search_runs([self.experiment_id], " and ".join(conds), max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
+    def start_training_run(self, run_name: str, run_tags: dict[str, str], flat_params: dict[str, Any],
+                           params_doc: dict[str, Any]) -> str:
+        """The parent run of a training run: the existing one when resuming (same run folder and fingerprint)."""
+        key = {k: run_tags[k] for k in ("aegpo.run_dir", "aegpo.fingerprint")}
+        run_id = self.find_run(key)
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            for k, v in run_tags.items():
+                self.client.set_tag(run_id, k, v)
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
+        run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(flat_params.items())]
+        for start in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(run_id, params=items[start:start + PARAM_BATCH])
+        self.client.log_dict(run_id, params_doc, "config/params.json")
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[start:start + 1000])
+
+    def log_round(self, run_id: str, record: dict[str, Any], images: np.ndarray | None = None,
+                  media: bool = False) -> None:
+        """Per-round metrics (step = round), the allocation table, and with `media` the Entropy(t) plot and
+        `images` (a batch (N, H, W, 3) or an image grid (H, W, 3)) as the `rollout-samples` image at this step."""
+        r = record["round"]
+        self.log_metrics(run_id, round_metrics(record), step=r)
+        self.client.log_table(run_id, allocation_table(record), f"tables/allocation/round-{r:04d}.json")
+        if media:
+            import matplotlib.pyplot as plt
+
+            fig = entropy_figure(record)
+            self.client.log_figure(run_id, fig, f"plots/entropy_t/round-{r:04d}.png")
+            plt.close(fig)
+            if images is not None:
+                from aegpo.round_io import image_grid
+
+                grid = image_grid(images) if images.ndim == 4 else images
+                self.client.log_image(run_id, grid, key="rollout-samples", step=r)
+
+    def log_evaluation(self, parent_id: str | None, label: str, rounds_done: int, result: dict[str, Any],
+                       images: np.ndarray | None = None, extra_tags: dict[str, str] | None = None) -> str:
+        """A child run per evaluation (reused if this label was logged before), plus `eval/*` on the parent."""
+        tags = {"aegpo.kind": "evaluation", "aegpo.eval_label": label, **(extra_tags or {})}
+        child = self.find_run({"aegpo.eval_label": label, "aegpo.kind": "evaluation"}, parent_id) if parent_id else None
+        if child is None:
+            if parent_id:
+                tags["mlflow.parentRunId"] = parent_id
+            child = self.client.create_run(self.experiment_id, run_name=f"eval-{label}", tags=tags).info.run_id
+        metrics = {k: float(result[k]) for k in ("strict", "dense", "reward", "nfe") if isinstance(result.get(k), (int, float))}
+        self.log_metrics(child, metrics, step=rounds_done)
+        rows = result.get("rows") or []
+        if rows:
+            self.client.log_table(child, {k: [r.get(k) for r in rows] for k in rows[0]}, "tables/eval_rows.json")
+        if images is not None and len(images):
+            from aegpo.round_io import image_grid
+
+            self.client.log_image(child, image_grid(images), artifact_file="samples/eval_grid.png")
+        self.client.set_terminated(child, "FINISHED")
+        if parent_id:
+            self.log_metrics(parent_id, {f"eval/{k}": v for k, v in metrics.items() if k != "nfe"}, step=rounds_done)
+        return child
+
+    def log_checkpoint(self, run_id: str, checkpoint_dir: str | Path) -> None:
+        self.client.log_artifacts(run_id, str(checkpoint_dir), "checkpoint")
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)

@@ -1,0 +1,172 @@
+"""The training flow `aegpo-train`: profile (cached) → base eval → rounds (one subflow each) → finalize.
+
+Run it:
+
+    python -m aegpo.cli pipeline train -S train.rounds=5          # in-process (a temporary Prefect
+                                                                  # server, or PREFECT_API_URL)
+    prefect deployment run 'aegpo-train/gpu' --param overrides='["train.rounds=5"]'
+
+Each round is its own flow run `round-NNNN` (subflow `aegpo-round`) with the tasks
+generate-rollouts → score-rewards → update-policy → [evaluate-policy] → finish-round → sync-run.
+The run folder is `<train.out_dir>/<strategy>-<fingerprint>` unless `run_dir` is given: the same
+parameters continue the same run (after a crash or kill -9, from the last completed round);
+other parameters start a new one beside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from aegpo.config import flatten
+from aegpo.io_utils import atomic_directory
+from aegpo.reports import load_records, write_reports
+from aegpo.storage import open_storage
+from aegpo.strategies.registry import strategy_class
+from flows._prefect import flow_run_id, publish_markdown, run_logger
+from flows.session import drop_session, session_for
+from flows.spec import RunSpec, artifact_location, prepare_run, resolve, run_tags
+from flows.tasks import (evaluate_policy, finish_round, generate_rollouts, profile_base_entropy, profile_key,
+                         publish_allocation, run_state, score_rewards, sync_run, update_policy)
+from flows.tracking import Tracker
+
+
+def _round_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"round-{int(flow_run.parameters.get('round_idx', 0)):04d}"
+
+
+@flow(name="aegpo-round", flow_run_name=_round_run_name, log_prints=True)
+def train_round(spec: RunSpec, round_idx: int) -> dict[str, Any]:
+    """One round: sample → score → update → (evaluate) → record and save → sync."""
+    rollouts = generate_rollouts(spec, round_idx)
+    scores = score_rewards(spec, rollouts)
+    update = update_policy(spec, rollouts, scores)
+    evaluation = None
+    if update["eval_due"]:
+        evaluation = evaluate_policy(spec, f"round-{round_idx + 1:04d}", round_idx + 1)
+    result = finish_round(spec, round_idx, evaluation)
+    sync_run(spec, round_idx)
+    run_logger().info("round %d: reward %.4f, nfe %d%s", round_idx, scores["reward_mean"], result.get("nfe", 0),
+                      f", eval strict {evaluation['metrics'].get('strict', float('nan')):.3f}" if evaluation else "")
+    return result
+
+
+@task(name="finalize-run", cache_policy=NO_CACHE)
+def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None) -> dict[str, Any]:
+    """Reports, exported checkpoint and rollouts, the final MLflow artifact and Prefect summary."""
+    session = session_for(spec)
+    t = session.trainer
+    run_path = spec.run_path
+    checkpoint = run_path / "checkpoint"
+    metrics = write_reports(run_path, resolve(spec.project, reports_dir), spec.strategy) if reports_dir else None
+    if export_dir:
+        export = resolve(spec.project, export_dir)
+        if checkpoint.is_dir():
+            with atomic_directory(export / "checkpoint") as tmp:
+                shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+        with atomic_directory(export / "rollouts") as tmp:
+            for table in sorted(run_path.glob("rounds/round-*/rollouts.parquet")):
+                shutil.copy2(table, tmp / f"{table.parent.name}.parquet")
+    if spec.mlflow_run_id and checkpoint.is_dir():
+        tracker = Tracker(spec.tracking_uri, spec.experiment)
+        tracker.log_checkpoint(spec.mlflow_run_id, checkpoint)
+        tracker.finish(spec.mlflow_run_id)
+    records = load_records(run_path)
+    last_eval = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
+    base = t.base_eval
+    summary = {"run_name": spec.run_name, "run_dir": spec.run_dir, "rounds": t.round, "nfe": t.nfe,
+               "strategy": spec.strategy, "mlflow_run_id": spec.mlflow_run_id, "checkpoint": str(checkpoint),
+               "base_eval": _short(base), "final_eval": _short(last_eval), "reports": metrics is not None}
+    lines = [f"## {spec.run_name}", "", f"{t.round} rounds ({spec.strategy}), {t.nfe} denoiser evaluations.", ""]
+    if base and last_eval:
+        lines.append(f"Eval strict accuracy: **{base.get('strict', float('nan')):.3f} → "
+                     f"{last_eval.get('strict', float('nan')):.3f}** (dense {base.get('dense', float('nan')):.3f} → "
+                     f"{last_eval.get('dense', float('nan')):.3f}).")
+    lines += ["", f"Checkpoint: `{checkpoint}`", f"MLflow run: `{spec.mlflow_run_id}` ({spec.tracking_uri})"]
+    publish_markdown("aegpo-run-summary", "\n".join(lines), f"Summary of {spec.run_name}")
+    if records:
+        publish_allocation(records[-1], f"ΔEntropy and rollouts per prompt, last round of {spec.run_name}")
+    return summary
+
+
+def _short(ev: dict[str, Any] | None) -> dict[str, float] | None:
+    return None if not ev else {k: ev[k] for k in ("strict", "dense", "reward") if k in ev}
+
+
+def _train_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    overrides = flow_run.parameters.get("overrides") or []
+    strategy = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.strategy=")), "")
+    return f"train-{strategy}" if strategy else "train"
+
+
+@flow(name="aegpo-train", flow_run_name=_train_run_name, log_prints=True)
+def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None, project_dir: str = ".",
+               run_dir: str | None = None, base_profile: str | None = None, export_dir: str | None = None,
+               reports_dir: str | None = None, storage_uri: str | None = None, tracking_uri: str | None = None,
+               experiment: str = "aegpo", media_every: int = 0) -> dict[str, Any]:
+    """Train (or resume) one run of params.yaml + `overrides` (dotted `key=value`, `dvc exp run -S` grammar).
+
+    Args:
+        project_dir: where params.yaml, prompts, checkpoints and runs/ are (relative paths resolve here).
+        run_dir: the run folder; default `<train.out_dir>/<strategy>-<fingerprint>`.
+        base_profile: a stored base-entropy profile to use (else the cached profile task computes it).
+        export_dir: copy the final checkpoint and the rollouts tables here (the DVC outputs).
+        reports_dir: write rewards/eval/allocation CSVs and train_metrics.json here (DVC plots, metrics).
+        storage_uri: artifact store (default AEGPO_STORAGE_URI, else the project folder).
+        tracking_uri: MLflow (default MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db).
+        media_every: MLflow Entropy(t) plot and sample grid every N rounds (default train.eval_every).
+    """
+    spec = prepare_run(params_path, overrides or [], project_dir, run_dir=run_dir, storage_uri=storage_uri,
+                       tracking_uri=tracking_uri, experiment=experiment, media_every=media_every)
+    params = spec.params()
+    log = run_logger()
+    log.info("run %s in %s (store %s, tracking %s)", spec.run_name, spec.run_dir, spec.storage_uri or "project folder",
+             spec.tracking_uri)
+    if strategy_class(params.train.strategy).needs_base_profile:
+        spec = spec.model_copy(update={"base_profile_key": _base_profile(spec, base_profile)})
+    tracker = Tracker(spec.tracking_uri, spec.experiment, artifact_location(spec))
+    run_id = tracker.start_training_run(spec.run_name, run_tags(spec, flow_run_id()), flatten(params),
+                                        params.model_dump(mode="json"))
+    spec = spec.model_copy(update={"mlflow_run_id": run_id})
+    try:
+        state = run_state(spec)
+        if state["round"]:
+            log.info("resuming %s at round %d of %d", spec.run_dir, state["round"], state["rounds"])
+        if state["base_eval_due"]:
+            evaluate_policy(spec, "base", 0)
+        for r in range(state["round"], state["rounds"]):
+            train_round(spec, r)
+        return finalize_run(spec, export_dir, reports_dir)
+    except BaseException:
+        tracker.finish(run_id, "FAILED")
+        raise
+    finally:
+        drop_session(spec)
+
+
+def _base_profile(spec: RunSpec, given: str | None) -> str:
+    """The store key of the base-entropy profile: a given file (uploaded if the store is remote) or the task's."""
+    storage = open_storage(spec.storage_uri, spec.project)
+    if given:
+        path = resolve(spec.project, given)
+        if not path.is_file():
+            raise FileNotFoundError(f"base profile {path} does not exist (run `aegpo pipeline profile --out {given}`)")
+        root = storage.local_path("")
+        if root is not None and root in path.resolve().parents:
+            return path.resolve().relative_to(root).as_posix()
+        key = f"{spec.params().aegpo.cache_dir}/{path.name}"
+        storage.put_file(key, path)
+        return key
+    manifest = profile_base_entropy(spec)
+    if not storage.exists(manifest["key"]):  # the cached manifest outlived its file: compute again
+        manifest = profile_base_entropy.with_options(refresh_cache=True)(spec)
+    if manifest["key"] != profile_key(spec)[1]:
+        raise RuntimeError(f"profile task returned {manifest['key']}, expected {profile_key(spec)[1]}")
+    return manifest["key"]
