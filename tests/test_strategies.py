@@ -27,8 +27,8 @@ def test_each_strategy_runs_one_round(tiny_base, tmp_path, strategy):
     record = trainer.run_round()
     assert sum(p["group_size"] for p in record["per_prompt"]) == 9  # budget = 3 prompts × 3
     assert record["first_ratio_dev"] < 1e-5 and np.isfinite(record["loss"])
-    steps = {"grpo": (5, 2), "flow_grpo": (5, 4), "mixgrpo": (2, 2), "random_k": (2, 2),
-             "aegpo_global": (5, 2), "aegpo_local": (2, 2), "aegpo": (2, 2)}[strategy]
+    steps = {"grpo": (4, 2), "flow_grpo": (4, 4), "mixgrpo": (2, 2), "random_k": (2, 2),
+             "aegpo_global": (4, 2), "aegpo_local": (2, 2), "aegpo": (2, 2)}[strategy]
     assert (record["sde_steps_per_sample"], record["train_steps_per_sample"]) == steps
     if strategy in ("aegpo", "aegpo_local", "aegpo_global"):
         assert record["probe_nfe"] == 3 * 5 and "base_entropy" in record["plan"]

@@ -23,7 +23,8 @@ import torch
 from aegpo.allocation import allocate
 from aegpo.peaks import select_steps
 from aegpo.rollout import Rollout, StepPlan
-from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, expand_groups, random_train_steps
+from aegpo.strategies.base import (RoundContext, RoundPlan, Strategy, expand_groups, explore_all_steps,
+                                   random_train_steps)
 
 
 class AEGPOStrategy(Strategy):
@@ -101,7 +102,7 @@ class AEGPOStrategy(Strategy):
             info["entropy_at_chosen"] = [peak_source[i, row].tolist() for i, row in enumerate(steps)]
         else:
             k = max(1, int((t - 1) * self.params.train.timestep_fraction))
-            plan = StepPlan(torch.ones(n, t, dtype=torch.bool), random_train_steps(n, t, k, ctx.rng))
+            plan = StepPlan(explore_all_steps(n, t), random_train_steps(n, t, k, ctx.rng))
         if probed is not None:
             info["probe_entropy_t"] = np.nanmean(probed, 0).tolist()
         info["group_sizes"] = list(sizes)

@@ -50,6 +50,15 @@ def expand_groups(group_sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return prompt_index, rank
 
 
+def explore_all_steps(num_samples: int, num_steps: int) -> torch.Tensor:
+    """(N, T) bool: SDE at every step but the last. The last step (σ → 0) stays deterministic in every
+    strategy: it is never trained (its density degenerates) and noise added there would remain in the
+    final image."""
+    sde = torch.ones(num_samples, num_steps, dtype=torch.bool)
+    sde[:, -1] = False
+    return sde
+
+
 def random_train_steps(num_samples: int, num_steps: int, k: int, rng: np.random.Generator) -> torch.Tensor:
     """(N, T) bool: k distinct random steps per sample among 0..T−2 (the last step, σ → 0, is never trained)."""
     mask = torch.zeros(num_samples, num_steps, dtype=torch.bool)

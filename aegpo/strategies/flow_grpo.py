@@ -1,11 +1,9 @@
-"""`flow_grpo`: Flow-GRPO's schedule. Every step is stochastic; every step but the last is trained."""
+"""`flow_grpo`: Flow-GRPO's schedule. Every step but the last is stochastic and trained."""
 
 from __future__ import annotations
 
-import torch
-
 from aegpo.rollout import StepPlan
-from aegpo.strategies.base import RoundContext, RoundPlan, Strategy
+from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, explore_all_steps
 
 
 class FlowGRPOStrategy(Strategy):
@@ -14,7 +12,5 @@ class FlowGRPOStrategy(Strategy):
     def plan_round(self, ctx: RoundContext) -> RoundPlan:
         sizes = self.uniform_sizes(ctx)
         n, t = sum(sizes), ctx.num_steps
-        sde = torch.ones(n, t, dtype=torch.bool)
-        train = sde.clone()
-        train[:, -1] = False  # σ_next = 0: the transition density degenerates
-        return RoundPlan(sizes, StepPlan(sde, train))
+        sde = explore_all_steps(n, t)  # every step but the last explores and is trained
+        return RoundPlan(sizes, StepPlan(sde, sde.clone()))

@@ -1,11 +1,9 @@
 """`grpo`: DanceGRPO-style uniform GRPO. Every prompt gets `train.group_size` rollouts, every step
-is stochastic, and each sample trains a random `timestep_fraction` of its non-final steps."""
+but the last is stochastic, and each sample trains a random `timestep_fraction` of its non-final steps."""
 
 from __future__ import annotations
 
-import torch
-
-from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, random_train_steps
+from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, explore_all_steps, random_train_steps
 from aegpo.rollout import StepPlan
 
 
@@ -16,5 +14,4 @@ class GRPOStrategy(Strategy):
         sizes = self.uniform_sizes(ctx)
         n, t = sum(sizes), ctx.num_steps
         k = max(1, int((t - 1) * self.params.train.timestep_fraction))
-        sde = torch.ones(n, t, dtype=torch.bool)
-        return RoundPlan(sizes, StepPlan(sde, random_train_steps(n, t, k, ctx.rng)))
+        return RoundPlan(sizes, StepPlan(explore_all_steps(n, t), random_train_steps(n, t, k, ctx.rng)))
