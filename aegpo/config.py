@@ -183,10 +183,21 @@ class PretrainParams(Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the shipped weights.")
     caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of an empty caption (enables guidance).")
+    prompt_mix: Literal["uniform", "balanced"] = Field(
+        "uniform", description="uniform over train prompts (98% compound/relation), or balanced over prompt kinds "
+        "(single / compound / relation a third each).")
     sigma_sampling: Literal["logit_normal", "uniform"] = Field("uniform", description="Training σ distribution: uniform (default; trains the high-noise layout phase) or SD3's logit-normal(0, 1).")
+    stop_at: int = Field(0, ge=0, description="Stop after this many steps and write `out` there (0: run all "
+                         "`steps`); the LR schedule still spans `steps`.")
     save_every: int = Field(500, ge=1, description="Write an intermediate checkpoint every this many steps.")
     seed: int = Field(0, description="Seed of initialisation, data and noise.")
     init_from: str = Field("", description="Start from this base checkpoint's weights instead of random init (empty = from scratch).")
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> PretrainParams:
+        if self.stop_at > self.steps:
+            raise ValueError(f"pretrain.stop_at: {self.stop_at} is beyond pretrain.steps = {self.steps}")
+        return self
 
 
 class Params(Section):

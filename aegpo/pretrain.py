@@ -34,15 +34,31 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 class ShapesStream:
-    """Batches of (uint8 images (B, 32, 32, 3), captions) from the train split."""
+    """Batches of (uint8 images (B, 32, 32, 3), captions) from the train split.
 
-    def __init__(self, seed: int, caption_dropout: float) -> None:
+    `mix`: "uniform" draws train prompts uniformly (98% of them are compound or relation prompts);
+    "balanced" first draws the prompt kind (single / compound / relation) uniformly, so single
+    objects, where shapes are learnt, are a third of the data.
+    """
+
+    def __init__(self, seed: int, caption_dropout: float, mix: str = "uniform") -> None:
         self.scenes = [parse_prompt(p) for p in split_prompts()["train"]]
         self.rng = np.random.default_rng(seed)
         self.caption_dropout = caption_dropout
+        self.mix = mix
+        kinds: dict[str, list[int]] = {}
+        for i, scene in enumerate(self.scenes):
+            kinds.setdefault(scene.kind, []).append(i)
+        self.by_kind = [np.asarray(v) for _, v in sorted(kinds.items())]
+
+    def _pick(self, size: int) -> np.ndarray:
+        if self.mix == "uniform":
+            return self.rng.integers(0, len(self.scenes), size=size)
+        kinds = self.rng.integers(0, len(self.by_kind), size=size)
+        return np.array([self.by_kind[k][self.rng.integers(0, len(self.by_kind[k]))] for k in kinds])
 
     def batch(self, size: int) -> tuple[np.ndarray, list[str]]:
-        picks = self.rng.integers(0, len(self.scenes), size=size)
+        picks = self._pick(size)
         images = np.stack([render(self.scenes[i], self.rng) for i in picks])
         caps = ["" if self.rng.random() < self.caption_dropout else caption(self.scenes[i], self.rng) for i in picks]
         return images, caps
@@ -85,12 +101,13 @@ def pretrain(params: Params, work_dir: str | Path = "runs/pretrain") -> Path:
     policy.train()
     ema = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    stream = ShapesStream(cfg.seed, cfg.caption_dropout)
+    stream = ShapesStream(cfg.seed, cfg.caption_dropout, cfg.prompt_mix)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     work_dir = Path(work_dir)
     meta = {"pretrain": {k: v for k, v in flatten(cfg).items()}}
     start = time.time()
-    bar = tqdm(range(cfg.steps), desc="pretrain", mininterval=5)
+    last = cfg.stop_at or cfg.steps  # stop_at truncates the run; the LR schedule still spans `steps`
+    bar = tqdm(range(last), desc="pretrain", mininterval=5)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -105,10 +122,10 @@ def pretrain(params: Params, work_dir: str | Path = "runs/pretrain") -> Path:
             for k, v in policy.state_dict().items():
                 ema[k].lerp_(v.detach(), 1 - decay) if v.dtype.is_floating_point else ema[k].copy_(v)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.save_every == 0 or step + 1 == last:
             snapshot = _ema_policy(policy, ema)
             info = {**meta, "step": step + 1, "seconds": round(time.time() - start, 1), "loss": loss.item()}
-            path = Path(cfg.out) if step + 1 == cfg.steps else work_dir / f"step-{step + 1:06d}"
+            path = Path(cfg.out) if step + 1 == last else work_dir / f"step-{step + 1:06d}"
             save_base(snapshot, path, info)
             log.info("step %d: loss %.4f, wrote %s", step + 1, loss.item(), path)
     return Path(cfg.out)

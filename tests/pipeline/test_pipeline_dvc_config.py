@@ -48,8 +48,8 @@ def test_deps_exist_or_are_produced_and_commands_resolve():
         argv = shlex.split(stage["cmd"])
         assert argv[:2] == ["python", "-m"], stage["cmd"]
         assert importlib.util.find_spec(argv[2]) is not None, f"stage {name}: no module {argv[2]}"
-    assert DVC["stages"]["pretrain"].get("frozen") is True
-    assert {"prompts", "pretrain", "profile", "train", "evaluate"} == set(DVC["stages"])
+    assert DVC["stages"]["pretrain"].get("frozen") is True and DVC["stages"]["pretrain_stage1"].get("frozen") is True
+    assert {"prompts", "pretrain_stage1", "pretrain", "profile", "train", "evaluate"} == set(DVC["stages"])
 
 
 @pytest.fixture
