@@ -36,6 +36,8 @@ from aegpo.rollout import StepPlan, generate
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     "full": {"layers": "all", "heads": "all", "query_stride": 1},
     "all-layers-stride4": {"layers": "all", "heads": "all", "query_stride": 4},
+    "all-layers-stride8": {"layers": "all", "heads": "all", "query_stride": 8},
+    "3-layers-stride4": {"layers": [2, 3, 4], "heads": "all", "query_stride": 4},
     "2-layers": {"layers": [2, 3], "heads": "all", "query_stride": 1},
     "2-layers-stride4": {"layers": [2, 3], "heads": "all", "query_stride": 4},
     "1-layer": {"layers": [3], "heads": "all", "query_stride": 1},
