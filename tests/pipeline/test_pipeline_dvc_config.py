@@ -10,6 +10,7 @@ import shutil
 import pytest
 import yaml
 
+from aegpo.config import load_params
 from aegpo.reports import write_reports
 from pipeline_helpers import REPO
 
@@ -45,11 +46,14 @@ def test_deps_exist_or_are_produced_and_commands_resolve():
     for name, stage in DVC["stages"].items():
         for dep in stage.get("deps", []):
             assert (REPO / dep).exists() or dep in produced, f"stage {name}: dependency {dep} is missing"
-        argv = shlex.split(stage["cmd"])
-        assert argv[:2] == ["python", "-m"], stage["cmd"]
-        assert importlib.util.find_spec(argv[2]) is not None, f"stage {name}: no module {argv[2]}"
-    assert DVC["stages"]["pretrain"].get("frozen") is True and DVC["stages"]["pretrain_stage1"].get("frozen") is True
-    assert {"prompts", "pretrain_stage1", "pretrain", "profile", "train", "evaluate"} == set(DVC["stages"])
+        for cmd in [stage["cmd"]] if isinstance(stage["cmd"], str) else stage["cmd"]:
+            argv = shlex.split(cmd)
+            assert argv[:2] == ["python", "-m"], cmd
+            assert importlib.util.find_spec(argv[2]) is not None, f"stage {name}: no module {argv[2]}"
+            overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "-S"]
+            load_params(REPO / "params.yaml", overrides)  # the overrides written in dvc.yaml are valid
+    assert DVC["stages"]["pretrain"].get("frozen") is True
+    assert {"prompts", "pretrain", "profile", "train", "evaluate"} == set(DVC["stages"])
 
 
 @pytest.fixture
