@@ -69,7 +69,10 @@ class Rollout:
 
 
 def sample_seeds(base_seed: int, prompt_index: torch.Tensor, group_rank: torch.Tensor, same_noise: bool) -> torch.Tensor:
-    """One 63-bit seed per sample from (base seed, prompt, rank in group); same_noise drops the rank."""
+    """One 63-bit seed per sample from (base seed, prompt, rank in group); same_noise drops the rank.
+
+    Seeds made with same_noise are for `generate(init_seeds=...)` only: used as the trajectory seeds
+    too they would make every rollout of a group identical (zero advantages)."""
     rank = torch.zeros_like(group_rank) if same_noise else group_rank
     mixed = [derive_seed(base_seed, int(p), int(r)) for p, r in zip(prompt_index, rank)]
     return torch.tensor(mixed, dtype=torch.int64)
@@ -89,6 +92,7 @@ def generate(
     seeds: torch.Tensor,
     plan: StepPlan,
     *,
+    init_seeds: torch.Tensor | None = None,
     sde: str = "dance",
     noise_level: float = 0.7,
     shift: float = 1.0,
@@ -103,7 +107,9 @@ def generate(
 
     Args:
         prompts: the P prompts; `prompt_index` (N,) picks one per sample.
-        seeds: (N,) per-sample noise seeds (see `sample_seeds`).
+        seeds: (N,) per-sample noise seeds (see `sample_seeds`): the initial noise and every SDE step's noise.
+        init_seeds: (N,) seeds of the initial noise alone, e.g. one per prompt group (same-initial-noise
+            groups); the SDE noise still comes from `seeds`, so a group's trajectories differ.
         plan: which steps are SDE (noise_level) or ODE, and which transitions are kept for training.
         cond: pre-computed conditioning of `prompts` (computed here if None).
         recorder: an installed EntropyRecorder; if given, Entropy(t) is recorded at every step.
@@ -115,6 +121,7 @@ def generate(
     sigmas = sigma_schedule(num_steps, shift)
     cond = cond if cond is not None else policy.encode_prompts(prompts)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    init_gens = gens if init_seeds is None else [torch.Generator().manual_seed(int(s)) for s in init_seeds]
     shape = tuple(policy.latent_shape)
     final = torch.empty(n, *shape)
     ent_heads: list[torch.Tensor] = []
@@ -123,7 +130,7 @@ def generate(
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(n, start + batch_size))
         b_cond = cond.select(prompt_index[idx])
-        x = torch.stack([torch.randn(shape, generator=gens[i]) for i in idx]).to(device)
+        x = torch.stack([torch.randn(shape, generator=init_gens[i]) for i in idx]).to(device)
         b_ent = []
         for t in range(num_steps):
             sigma = sigmas[t].expand(len(idx)).to(device)

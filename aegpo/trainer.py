@@ -150,9 +150,13 @@ class Trainer:
         t0 = time.perf_counter()
         s = self.params.sampler
         prompt_index, rank = expand_groups(work.plan.group_sizes)
-        seeds = sample_seeds(derive_seed(self.params.seed, "rollout", work.ctx.round), prompt_index, rank, s.same_noise)
+        seeds = sample_seeds(derive_seed(self.params.seed, "rollout", work.ctx.round), prompt_index, rank, False)
+        init_seeds = None
+        if s.same_noise:  # one initial noise per group; the SDE noise stays per sample
+            init_seeds = sample_seeds(derive_seed(self.params.seed, "init", work.ctx.round), prompt_index, rank, True)
         self.policy.eval()
-        work.rollout = generate(self.policy, work.ctx.prompts, prompt_index, seeds, work.plan.plan, sde=s.sde,
+        work.rollout = generate(self.policy, work.ctx.prompts, prompt_index, seeds, work.plan.plan,
+                                init_seeds=init_seeds, sde=s.sde,
                                 noise_level=s.noise_level, shift=s.shift, cond=self._cond, recorder=self.recorder,
                                 progress=self.progress)
         work.times["sample"] = time.perf_counter() - t0

@@ -63,3 +63,23 @@ def test_full_finetune_and_kl_run(tiny_base, tmp_path):
     result = Trainer(params, TRAIN, EVAL, progress=False).run()
     assert result["rounds"] == 1
     assert read_manifest(tmp_path / "full" / "checkpoint")["form"] == "full"
+
+
+def test_same_noise_shares_the_initial_noise_but_not_the_trajectory(tiny_base, tmp_path):
+    params = _params(tiny_base, tmp_path / "run", "train.rounds=1", "sampler.same_noise=true",
+                     "train.strategy=flow_grpo", "train.eval_every=0", "train.eval_base=false")
+    trainer = Trainer(params, TRAIN, EVAL, progress=False)
+    records = []
+    trainer.callbacks.append(records.append)
+    trainer.run()  # a whole round runs with shared initial noise
+    ro = trainer.sample(trainer.begin_round())  # the next round, sampled alone
+    first = ro.trans_step == 0  # transitions from the initial noise
+    x0, x1, sample = ro.x_t[first], ro.x_next[first], ro.trans_sample[first]
+    group = ro.prompt_index[sample]
+    for g in group.unique():
+        members = (group == g).nonzero().flatten()
+        assert members.numel() == 3
+        assert torch.equal(x0[members[0]], x0[members[1]])  # one initial noise per group
+        assert not torch.allclose(x1[members[0]], x1[members[1]])  # SDE noise per sample
+        assert not torch.allclose(ro.final[members[0]], ro.final[members[1]])  # distinct rollouts to rank
+    assert records[0]["num_samples"] == 6
