@@ -53,10 +53,10 @@ def test_stop_at_writes_out_early_and_runs_are_deterministic(tmp_path):
     assert all(torch.equal(v, load_policy(again).state_dict()[k]) for k, v in first.items())
 
     # stage 2 starts from stage 1's weights: a different result than from scratch with the same seed
-    staged = pretrain(_params(tmp_path, "pretrain.steps=2", "pretrain.stop_at=0", f"pretrain.out={tmp_path / 'staged'}",
-                              f"pretrain.init_from={out}"), tmp_path / "work3")
-    scratch = pretrain(_params(tmp_path, "pretrain.steps=2", "pretrain.stop_at=0", f"pretrain.out={tmp_path / 'scratch'}"),
-                       tmp_path / "work4")
+    two = ("pretrain.steps=2", "pretrain.stop_at=0")
+    staged = pretrain(_params(tmp_path, *two, f"pretrain.out={tmp_path / 'staged'}", f"pretrain.init_from={out}"),
+                      tmp_path / "work3")
+    scratch = pretrain(_params(tmp_path, *two, f"pretrain.out={tmp_path / 'scratch'}"), tmp_path / "work4")
     key = next(k for k in first if k.endswith("weight"))
     assert not torch.equal(load_policy(staged).state_dict()[key], load_policy(scratch).state_dict()[key])
 
