@@ -23,13 +23,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from aegpo.local_server import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 # The run page groups charts by metric prefix; a chart's legend reads "<run name> (<metric>)".
@@ -39,23 +40,6 @@ const charts = document.querySelectorAll("svg.main-svg, .js-plotly-plot");
 return {hasMetric: text.includes("(" + arguments[0] + ")"), charts: charts.length, title: document.title};
 """
 SEARCH_BOX = "input[placeholder*='Search metric']"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
 class WebDriver:
@@ -139,8 +123,8 @@ def main() -> int:
              subprocess.Popen([driver, f"--port={wd_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     wd = None
     try:
-        wait_http(f"http://127.0.0.1:{ui_port}/health", args.timeout * 3)
-        wait_http(f"http://127.0.0.1:{wd_port}/status", 30)
+        wait_http(f"http://127.0.0.1:{ui_port}/health", args.timeout * 3, procs[0])
+        wait_http(f"http://127.0.0.1:{wd_port}/status", 30, procs[1])
         wd = WebDriver(f"http://127.0.0.1:{wd_port}", browser, timeout=args.timeout)
         page = f"http://127.0.0.1:{ui_port}/#/experiments/{exp_id}/runs/{run_id}/model-metrics"
         wd.get(page)
