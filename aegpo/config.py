@@ -69,7 +69,7 @@ class RewardParams(Section):
     name: str = Field("shapes", description="Reward (aegpo.rewards registry): shapes, ...")
     weights: dict[str, float] = Field(
         {"dense": 0.5, "strict": 0.5},
-        description="Weights of the reward's parts; the reward is their weighted sum (shapes: dense, strict).",
+        description="Weights of the reward's parts; the reward is their weighted sum (shapes: dense, strict, soft: graded credit for almost-legal shapes).",
     )
     aggregate: Literal["sum", "advantage"] = Field(
         "sum", description="sum: advantages of the weighted reward; advantage: weighted sum of each part's group-normalised advantage (MixGRPO's advantage_aggr).")

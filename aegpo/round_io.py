@@ -202,7 +202,8 @@ def rollout_table(round_idx: int, prompt_ids: list[int], rollout: Rollout, score
 def eval_rows_table(label: str, result: dict[str, Any], samples_per_prompt: int, image_ref: str) -> pa.Table:
     """EVAL_ROWS_SCHEMA + parts: one row per eval prompt (image = its first sample's tile)."""
     rows = result["rows"]
-    parts = [k for k in rows[0] if k not in ("prompt", "reward")] if rows else []
+    # sorted: rows read back from a stored JSON (sort_keys) must give the same table as fresh ones
+    parts = sorted(k for k in rows[0] if k not in ("prompt", "reward")) if rows else []
     cols: dict[str, Any] = {
         "label": [label] * len(rows), "prompt_id": list(range(len(rows))), "prompt": [r["prompt"] for r in rows],
         "image": [f"{image_ref}#{i * samples_per_prompt}" for i in range(len(rows))],

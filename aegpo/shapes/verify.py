@@ -61,6 +61,10 @@ Algorithm (pure numpy + scipy.ndimage; about 0.3 ms per image on one CPU core):
    cannot be split this way (including three or more merged objects) stays one 'unknown' object,
    so it counts as extra and strict fails. Objects of different colours never merge.
 
+Graded fit (shape_fit): besides its class, every detected object carries its closeness to each legal
+shape, exp(-distance outside that shape's windows above), 1 exactly where the class is that shape;
+aegpo/shapes/soft.py turns it into the `soft` reward part (partial credit for almost-legal shapes).
+
 Scoring (verify): one constraint per noun phrase, "<count> <colour> <shape>", met when exactly
 that many objects of that colour and shape were detected; for a relation prompt one more,
 "<colour> <shape> <relation> <colour> <shape>", met when each of the two kinds was detected
@@ -130,6 +134,7 @@ class Detected:
     shape: str
     centroid: tuple[float, float]  # (cx, cy), pixel units, y down; pixel i spans [i, i+1)
     area: float  # soft (coverage-weighted) area in pixels
+    fit: tuple[float, float, float] = (0.0, 0.0, 0.0)  # closeness to (circle, square, triangle), see `shape_fit`
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,37 @@ def classify(f: dict) -> str:
     return _SHAPE_CODES[int(_classify(f))]
 
 
+# Distance units of `shape_fit`: how far outside its window a measure must be to cost a factor e.
+FIT_SCALE = dict(ext=1.0, aspect=0.1, skew=0.1, fill=0.05, var_ratio=0.1, r4=0.1)
+
+
+def _gap(v: np.ndarray, lo: float, hi: float, scale: float) -> np.ndarray:
+    return np.maximum(np.maximum(lo - v, v - hi), 0.0) / scale
+
+
+def shape_fit(f: dict[str, np.ndarray]) -> np.ndarray:
+    """Closeness of each measured component to each legal shape: (m, 3) in (0, 1], columns circle, square, triangle.
+
+    exp(-d), where d sums, over the windows `_classify` checks for that shape, how far the measure lies
+    outside its window in units of FIT_SCALE. It is 1 exactly where `_classify` returns that shape
+    (the windows are the same), and falls off smoothly for a slightly oval circle or a notched square:
+    graded credit for a blob that is almost a legal shape (the `soft` reward part).
+    """
+    ex, ey, fill, sy, vr, r4 = (np.asarray(f[k], np.float64) for k in ("ext_x", "ext_y", "fill", "skew_y", "var_ratio", "r4"))
+    lo, hi = np.minimum(ex, ey), np.maximum(ex, ey)
+    inf, sc = np.inf, FIT_SCALE
+    common = (
+        _gap(lo, EXT_MIN, inf, sc["ext"]) + _gap(hi, -inf, EXT_MAX, sc["ext"])
+        + _gap(hi / np.maximum(lo, 1e-9), -inf, ASPECT_MAX, sc["aspect"])
+        + _gap(np.abs(np.asarray(f["skew_x"])), -inf, SKEW_X_MAX, sc["skew"])
+    )  # fmt: skip
+    tri = _gap(sy, -inf, SKEW_TRI, sc["skew"]) + _gap(fill, *FILL_TRI, sc["fill"]) + _gap(vr, *VAR_RATIO_TRI, sc["var_ratio"])
+    sym = _gap(np.abs(sy), -inf, SKEW_SYM, sc["skew"]) + _gap(vr, *VAR_RATIO_SYM, sc["var_ratio"])
+    square = sym + _gap(r4, -inf, R4_SPLIT, sc["r4"]) + _gap(fill, *FILL_SQUARE, sc["fill"])
+    circle = sym + _gap(r4, R4_SPLIT, R4_CIRCLE_MAX, sc["r4"]) + _gap(fill, *FILL_CIRCLE, sc["fill"])
+    return np.exp(-(common[:, None] + np.stack([circle, square, tri], 1)))
+
+
 def detect(image: np.ndarray) -> list[Detected]:
     """Objects in a uint8 (32, 32, 3) image (see the module docstring for the rules)."""
     comps = _components(image)
@@ -310,6 +346,7 @@ def detect(image: np.ndarray) -> list[Detected]:
     m = len(colour_of)
     meas = _measure(t, x, y, w, m)
     codes = _classify(meas)
+    fits = shape_fit(meas)
     area, cx, cy = meas["area"], meas["cx"], meas["cy"]
     thin = np.minimum(meas["ext_x"], meas["ext_y"]) < MIN_EXTENT
     long = np.maximum(meas["ext_x"], meas["ext_y"])
@@ -322,19 +359,22 @@ def detect(image: np.ndarray) -> list[Detected]:
             sel = t == i
             parts = _split(x[sel], y[sel], w[sel])
             if parts:
-                out += [Detected(colour, shape, c, a) for shape, c, a in parts]
+                out += [Detected(colour, *part) for part in parts]
                 continue
-        out.append(Detected(colour, _SHAPE_CODES[codes[i]], (float(cx[i]), float(cy[i])), float(area[i])))
+        fit = tuple(float(v) for v in fits[i])
+        out.append(Detected(colour, _SHAPE_CODES[codes[i]], (float(cx[i]), float(cy[i])), float(area[i]), fit))
     return out
 
 
-def _parts(meas: dict[str, np.ndarray], codes: np.ndarray, idx) -> list[tuple[str, tuple[float, float], float]]:
+def _parts(meas: dict[str, np.ndarray], codes: np.ndarray, idx) -> list[tuple]:
+    fits = shape_fit({k: v[list(idx)] for k, v in meas.items()})
     return [
-        (_SHAPE_CODES[codes[j]], (float(meas["cx"][j]), float(meas["cy"][j])), float(meas["area"][j])) for j in idx
+        (_SHAPE_CODES[codes[j]], (float(meas["cx"][j]), float(meas["cy"][j])), float(meas["area"][j]), tuple(map(float, fit)))
+        for j, fit in zip(idx, fits)
     ]
 
 
-def _split(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> list[tuple[str, tuple[float, float], float]] | None:
+def _split(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> list[tuple] | None:
     """Split a blob into two legal shapes (two touching objects of one colour), or None.
 
     Straight cuts across the x axis, the y axis and the blob's principal axis, every CUT_STEP

@@ -39,7 +39,7 @@ def test_multi_weighted_sum_and_parts(tmp_path):
     models = {"clipscore": {"path": str(tmp_path / "clip")}}
     weights = {"clipscore": 2.0, "shapes.dense": 0.5, "jpeg_compressibility": 0.01}
     reward = build_reward("multi", weights, models)
-    assert set(reward.parts) == {"clipscore", "shapes.dense", "shapes.strict", "jpeg_compressibility"}
+    assert set(reward.parts) == {"clipscore", "shapes.dense", "shapes.strict", "shapes.soft", "jpeg_compressibility"}
     imgs = images()
     result = reward(imgs, PROMPTS)
     single = {name: build_reward(name, None, models if name == "clipscore" else None)(imgs, PROMPTS)
@@ -67,7 +67,7 @@ def test_multi_advantage_aggregation_normalises_each_part():
 
 
 def test_multi_errors():
-    with pytest.raises(ValueError, match=r"'shapes' has parts \['dense', 'strict'\]: name one"):
+    with pytest.raises(ValueError, match=r"'shapes' has parts \['dense', 'strict', 'soft'\]: name one"):
         build_reward("multi", {"shapes": 1.0})
     with pytest.raises(ValueError, match="unknown part shapes.exact"):
         build_reward("multi", {"shapes.exact": 1.0})
