@@ -14,8 +14,8 @@ soft score replaces that 0 with each object's closeness to the asked shape (`ver
   else 0;
 
 averaged over constraints and multiplied by 1 / (1 + objects of colours the prompt does not name).
-soft = 1 whenever strict = 1 (every fit is 1, counts exact, no extra objects); it is a training
-signal, not an accuracy: evaluation reports `strict` and `dense` only.
+soft = 1 whenever strict = 1 (every fit is 1, counts exact, no extra objects). It is a training
+signal, not an accuracy: the accuracies we quote are `strict` and `dense`.
 """
 
 from __future__ import annotations
