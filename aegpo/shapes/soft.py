@@ -39,11 +39,11 @@ def soft_score(objects: tuple[Detected, ...] | list[Detected], scene: Scene) -> 
         asked[p.colour] += p.count
     credits, best = [], []
     for p in scene.phrases:
-        fits = sorted((o.fit[_COLUMN[p.shape]] for o in by_colour.get(p.colour, ())), reverse=True)
-        available = len(fits) - (asked[p.colour] - p.count)
-        credits.append(sum(fits[: p.count]) / max(p.count, available))
-        pool = by_colour.get(p.colour, ())
-        best.append(max(pool, key=lambda o: o.fit[_COLUMN[p.shape]]) if pool else None)
+        col = _COLUMN[p.shape]
+        pool = sorted(by_colour.get(p.colour, ()), key=lambda o: o.fit[col], reverse=True)
+        available = len(pool) - (asked[p.colour] - p.count)
+        credits.append(sum(o.fit[col] for o in pool[: p.count]) / max(p.count, available))
+        best.append(pool[0] if pool else None)
     if scene.relation is not None:
         (a, b), (pa, pb) = best[:2], scene.phrases[:2]
         ok = a is not None and b is not None and a is not b and relation_holds(scene.relation, a.centroid, b.centroid)
