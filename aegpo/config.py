@@ -186,6 +186,10 @@ class PretrainParams(Section):
     prompt_mix: Literal["uniform", "balanced"] = Field(
         "uniform", description="uniform over train prompts (98% compound/relation), or balanced over prompt kinds "
         "(single / compound / relation a third each).")
+    grid: int = Field(1, ge=1, le=8, description="Rendered objects' bounding-box corners on multiples of this many "
+                      "pixels (1: anywhere, as the spec allows; the patch size puts each object on whole tokens).")
+    object_size: int = Field(0, ge=0, le=10, description="Every rendered object this many pixels across (0: "
+                             "uniform over the spec's 6..10).")
     sigma_sampling: Literal["logit_normal", "uniform"] = Field("uniform", description="Training σ distribution: uniform (default; trains the high-noise layout phase) or SD3's logit-normal(0, 1).")
     stop_at: int = Field(0, ge=0, description="Stop after this many steps and write `out` there (0: run all "
                          "`steps`); the LR schedule still spans `steps`.")
@@ -197,6 +201,8 @@ class PretrainParams(Section):
     def _check_stop(self) -> PretrainParams:
         if self.stop_at > self.steps:
             raise ValueError(f"pretrain.stop_at: {self.stop_at} is beyond pretrain.steps = {self.steps}")
+        if self.object_size and self.object_size < 6:
+            raise ValueError(f"pretrain.object_size: expected 0 (random) or 6..10 pixels, got {self.object_size}")
         return self
 
 

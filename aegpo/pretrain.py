@@ -38,14 +38,16 @@ class ShapesStream:
 
     `mix`: "uniform" draws train prompts uniformly (98% of them are compound or relation prompts);
     "balanced" first draws the prompt kind (single / compound / relation) uniformly, so single
-    objects, where shapes are learnt, are a third of the data.
+    objects, where shapes are learnt, are a third of the data. `grid`, `size`: layouts as in
+    aegpo.shapes.render.place (a subset of the spec's).
     """
 
-    def __init__(self, seed: int, caption_dropout: float, mix: str = "uniform") -> None:
+    def __init__(self, seed: int, caption_dropout: float, mix: str = "uniform", grid: int = 1, size: int = 0) -> None:
         self.scenes = [parse_prompt(p) for p in split_prompts()["train"]]
         self.rng = np.random.default_rng(seed)
         self.caption_dropout = caption_dropout
         self.mix = mix
+        self.grid, self.size = grid, size
         kinds: dict[str, list[int]] = {}
         for i, scene in enumerate(self.scenes):
             kinds.setdefault(scene.kind, []).append(i)
@@ -59,7 +61,7 @@ class ShapesStream:
 
     def batch(self, size: int) -> tuple[np.ndarray, list[str]]:
         picks = self._pick(size)
-        images = np.stack([render(self.scenes[i], self.rng) for i in picks])
+        images = np.stack([render(self.scenes[i], self.rng, self.grid, self.size) for i in picks])
         caps = ["" if self.rng.random() < self.caption_dropout else caption(self.scenes[i], self.rng) for i in picks]
         return images, caps
 
@@ -101,7 +103,7 @@ def pretrain(params: Params, work_dir: str | Path = "runs/pretrain") -> Path:
     policy.train()
     ema = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    stream = ShapesStream(cfg.seed, cfg.caption_dropout, cfg.prompt_mix)
+    stream = ShapesStream(cfg.seed, cfg.caption_dropout, cfg.prompt_mix, cfg.grid, cfg.object_size)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     work_dir = Path(work_dir)
     meta = {"pretrain": {k: v for k, v in flatten(cfg).items()}}

@@ -33,7 +33,8 @@ def test_balanced_mix_draws_prompt_kinds_evenly():
 
 
 def test_lr_schedule_warmup_constant_and_cosine(tmp_path):
-    cfg = _params(tmp_path, "pretrain.steps=102", "pretrain.lr=0.001", "pretrain.stop_at=0").pretrain
+    cfg = _params(tmp_path, "pretrain.steps=102", "pretrain.lr=0.001", "pretrain.stop_at=0",
+                  "pretrain.lr_schedule=cosine").pretrain
     assert lr_at(0, cfg) == pytest.approx(0.0005) and lr_at(1, cfg) == pytest.approx(0.001)
     assert lr_at(2, cfg) == pytest.approx(0.001) and lr_at(101, cfg) < 0.0002  # cosine decays to 10%
     const = cfg.model_copy(update={"lr_schedule": "constant"})
@@ -64,3 +65,28 @@ def test_stop_at_writes_out_early_and_runs_are_deterministic(tmp_path):
 def test_stop_at_beyond_steps_is_rejected(tmp_path):
     with pytest.raises(ParamsError, match="pretrain.stop_at"):
         _params(tmp_path, "pretrain.steps=10", "pretrain.stop_at=11")
+
+
+def test_grid_layouts_are_aligned_fixed_size_and_still_correct_renders():
+    from aegpo.shapes.render import place
+    from aegpo.shapes.verify import verify
+
+    stream = ShapesStream(0, 0.0, "balanced", grid=4, size=8)
+    for i in stream._pick(200):
+        scene = stream.scenes[i]
+        objs = place(scene, stream.rng, grid=4, size=8)
+        assert all(o.x % 4 == 0 and o.y % 4 == 0 and o.size == 8 for o in objs)
+    stream.caption_dropout = 0.0
+    images, caps = stream.batch(64)
+    scenes = [parse_prompt(c) for c in caps]
+    assert all(verify(img, sc).strict == 1 for img, sc in zip(images, scenes))
+    # the default (grid 1, random size) keeps the spec's full range of sizes and positions
+    free = [o for i in stream._pick(200) for o in place(stream.scenes[i], stream.rng)]
+    assert {o.size for o in free} == set(range(6, 11)) and any(o.x % 4 for o in free)
+
+
+def test_grid_and_object_size_are_validated(tmp_path):
+    with pytest.raises(ParamsError, match="pretrain.object_size"):
+        _params(tmp_path, "pretrain.object_size=5")
+    with pytest.raises(ParamsError, match="pretrain.grid"):
+        _params(tmp_path, "pretrain.grid=0")

@@ -84,15 +84,25 @@ def relation_holds(relation: str, a: tuple[float, float], b: tuple[float, float]
     raise ValueError(f"unknown relation {relation!r}")
 
 
-def place(scene: Scene, rng: np.random.Generator, gap: int = 1, margin: float = 2.0, tries: int = 2000) -> list[Placed]:
-    """Sample a layout that satisfies `scene`; raises RuntimeError if none is found in `tries`."""
+def place(scene: Scene, rng: np.random.Generator, gap: int = 1, margin: float = 2.0, tries: int = 2000,
+          grid: int = 1, size: int = 0) -> list[Placed]:
+    """Sample a layout that satisfies `scene`; raises RuntimeError if none is found in `tries`.
+
+    `grid`: bounding-box corners on multiples of this many pixels (1: anywhere). `size`: every
+    object this many pixels across (0: uniform over MIN_SIZE..MAX_SIZE). Both only narrow the
+    spec's layouts, so every result is still a correct render of `scene`.
+    """
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1 pixel, got {grid}")
+    if size and not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"size must be 0 (random) or in {MIN_SIZE}..{MAX_SIZE}, got {size}")
     kinds = [(p.colour, p.shape) for p in scene.phrases for _ in range(p.count)]
     for _ in range(tries):
         objs: list[Placed] = []
         for colour, shape in kinds:
-            size = int(rng.integers(MIN_SIZE, MAX_SIZE + 1))
-            x, y = (int(v) for v in rng.integers(0, CANVAS - size + 1, size=2))
-            cand = Placed(colour, shape, x, y, size)
+            side = size or int(rng.integers(MIN_SIZE, MAX_SIZE + 1))
+            x, y = (grid * int(v) for v in rng.integers(0, (CANVAS - side) // grid + 1, size=2))
+            cand = Placed(colour, shape, x, y, side)
             if not all(_boxes_apart(cand, o, gap) for o in objs):
                 break
             objs.append(cand)
@@ -102,6 +112,6 @@ def place(scene: Scene, rng: np.random.Generator, gap: int = 1, margin: float = 
     raise RuntimeError(f"could not place {scene.text()!r} in {tries} tries")
 
 
-def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
-    """A random correct image of `scene`: uint8 (CANVAS, CANVAS, 3)."""
-    return draw(place(scene, rng))
+def render(scene: Scene, rng: np.random.Generator, grid: int = 1, size: int = 0) -> np.ndarray:
+    """A random correct image of `scene`: uint8 (CANVAS, CANVAS, 3); `grid`, `size` as in `place`."""
+    return draw(place(scene, rng, grid=grid, size=size))
