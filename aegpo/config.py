@@ -142,6 +142,9 @@ class AEGPOParams(Section):
         return floor, self.ceiling if self.ceiling is not None else 2 * group_size
     peaks_k: int = Field(4, ge=1, description="K steps to explore (paper: top-4 peaks); also random_k's K.")
     peak_rule: Literal["topk", "peaks"] = Field("topk", description="topk: K highest Entropy(t); peaks: greedy non-maximum suppression with min_spacing (aegpo/peaks.py).")
+    peak_direction: Literal["high", "low"] = Field(
+        "high", description="high: maxima of Entropy(t) (the paper's peaks); low: its minima (troughs), where the "
+        "built-in model's reward is decided (scripts/critical_steps.py).")
     min_spacing: int = Field(2, ge=1, description="peaks: minimum distance in steps between chosen peaks.")
     peak_scope: Literal["prompt", "batch"] = Field("prompt", description="Choose steps per prompt or once per round from the batch-mean Entropy(t).")
     peak_source: Literal["probe", "base"] = Field("probe", description="Entropy(t) for the peaks: this round's probe of the current policy, or the cached base profile (free).")

@@ -8,6 +8,10 @@ transition density degenerates). Rules:
   candidate closer than `min_spacing` steps to it, repeat K times. Spread-out peaks rather
   than K neighbours of one broad maximum.
 
+`direction` ``high`` takes maxima of Entropy(t) (the paper's peaks); ``low`` takes its minima
+(troughs: steps of the most concentrated attention), which is where exploration changes the
+reward in the built-in model (scripts/critical_steps.py, docs/findings.md).
+
 Ties (plateaus) go to the earlier (noisier) step, so the choice is deterministic. Scope
 ``prompt`` selects per prompt from its own Entropy(t); ``batch`` selects once from the
 batch mean and gives every prompt the same steps.
@@ -20,6 +24,7 @@ import math
 import numpy as np
 
 RULES = ("topk", "peaks")
+DIRECTIONS = ("high", "low")
 SCOPES = ("prompt", "batch")
 
 
@@ -43,7 +48,7 @@ def _select_one(e: np.ndarray, k: int, rule: str, min_spacing: int) -> list[int]
 
 
 def select_steps(entropy_t: np.ndarray, k: int, rule: str = "topk", min_spacing: int = 1,
-                 scope: str = "prompt") -> np.ndarray:
+                 scope: str = "prompt", direction: str = "high") -> np.ndarray:
     """Boolean (P, T) mask of the chosen steps, from Entropy(t) (P, T)."""
     entropy_t = np.asarray(entropy_t, dtype=np.float64)
     if entropy_t.ndim != 2:
@@ -53,11 +58,15 @@ def select_steps(entropy_t: np.ndarray, k: int, rule: str = "topk", min_spacing:
         raise ValueError(f"aegpo.peak_rule: unknown rule {rule!r} (expected one of {RULES})")
     if scope not in SCOPES:
         raise ValueError(f"aegpo.peak_scope: unknown scope {scope!r} (expected one of {SCOPES})")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"aegpo.peak_direction: unknown direction {direction!r} (expected one of {DIRECTIONS})")
     spacing = min_spacing if rule == "peaks" else 1
     if not 1 <= k <= max_selectable(t, spacing):
         raise ValueError(f"aegpo.peaks_k: cannot choose {k} steps among {t - 1} candidates with spacing {spacing}")
     if not np.all(np.isfinite(entropy_t)):
         raise ValueError("select_steps: Entropy(t) has NaN/inf values")
+    if direction == "low":  # troughs: the same rules on −Entropy(t)
+        entropy_t = -entropy_t
     mask = np.zeros((p, t), dtype=bool)
     if scope == "batch":
         mask[:, _select_one(entropy_t.mean(0), k, rule, spacing)] = True

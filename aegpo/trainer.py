@@ -187,7 +187,9 @@ class Trainer:
         pipeline's evaluation task) already ran it; its time is `work.times["eval"]`.
         """
         ro = work.rollout
-        self.nfe += ro.nfe + work.plan.probe_nfe + int(work.stats.get("trained_transitions", 0)) * self.policy.nfe_per_call
+        # every pass over the trained transitions is a forward of the denoiser (inner_epochs passes)
+        update_calls = int(work.stats.get("trained_transitions", 0)) * self.params.train.inner_epochs
+        self.nfe += ro.nfe + work.plan.probe_nfe + update_calls * self.policy.nfe_per_call
         record = self._record(work.ctx, work.plan, ro, work.scored, work.advantages, work.stats, work.times)
         record.update(self.strategy.observe(work.ctx, ro, work.scored.score))
         self.round = work.ctx.round + 1

@@ -41,3 +41,14 @@ def test_impossible_k_is_an_error_and_caught_at_config_load():
         load_params(None, ["train.strategy=aegpo_local", "aegpo.peak_rule=peaks", "aegpo.min_spacing=4", "aegpo.peaks_k=4"])
     with pytest.raises(ValueError, match="NaN"):
         select_steps(np.array([[0.1, np.nan, 0.2]]), 1)
+
+
+def test_low_direction_picks_troughs_and_still_skips_the_last_step():
+    e = np.array([[0.1, 0.9, 0.3, 0.8, 0.2, -5.0]])  # the last step is not a candidate
+    assert np.flatnonzero(select_steps(e, 2, "topk", direction="low")[0]).tolist() == [0, 4]
+    plateau = np.array([[0.5, 0.5, 0.5, 0.9, 0.1]])  # ties still go to the earlier step
+    assert np.flatnonzero(select_steps(plateau, 2, "topk", direction="low")[0]).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="aegpo.peak_direction"):
+        select_steps(e, 1, direction="sideways")
+    with pytest.raises(ParamsError, match="aegpo.peak_direction"):
+        load_params(None, ["aegpo.peak_direction=sideways"])

@@ -83,3 +83,15 @@ def test_same_noise_shares_the_initial_noise_but_not_the_trajectory(tiny_base, t
         assert not torch.allclose(x1[members[0]], x1[members[1]])  # SDE noise per sample
         assert not torch.allclose(ro.final[members[0]], ro.final[members[1]])  # distinct rollouts to rank
     assert records[0]["num_samples"] == 6
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_nfe_counts_every_update_pass(tiny_base, tmp_path, epochs):
+    params = _params(tiny_base, tmp_path / f"run{epochs}", "train.rounds=1", "train.strategy=grpo",
+                     f"train.inner_epochs={epochs}", "train.eval_base=false")
+    records = []
+    trainer = Trainer(params, TRAIN, EVAL, progress=False)
+    trainer.callbacks.append(records.append)
+    trainer.run()
+    rec = records[0]
+    assert rec["nfe"] == rec["rollout_nfe"] + rec["probe_nfe"] + epochs * rec["trained_transitions"]

@@ -9,8 +9,8 @@ peak RSS on CPU (reset before each rollout through /proc/self/clear_refs) or
 
 Accuracy of a variant is judged against the full recording (every layer, head and query):
 `prompt_rank_corr` is the Spearman correlation across prompts of the mean Entropy(t) (what
-the global level ranks), `peak_overlap` the mean fraction of the full recording's top-K steps
-that the variant also picks (what the local level uses).
+the global level ranks), `peak_overlap` the fraction of the K steps chosen from the full recording (`aegpo.peaks_k`,
+`aegpo.peak_direction`) that the variant also chooses (what the local level uses).
 
 Writes `DIR/overhead.csv`, `DIR/overhead.md` and `DIR/summary.json` (`time_ratio`,
 `memory_ratio` of the selected variant — by default the one params.yaml's `entropy:` gives).
@@ -115,7 +115,12 @@ def run_overhead(params: Params, out: str | Path, num_prompts: int = 32, repeats
         for name in times:
             rollout(name)
     k = min(params.aegpo.peaks_k, s.num_steps - 1)
-    full_peaks = select_steps(entropy["full"], k) if "full" in entropy else None
+    direction = params.aegpo.peak_direction  # overlap of the steps the local level would choose
+
+    def chosen(e):
+        return select_steps(e, k, direction=direction)
+
+    full_peaks = chosen(entropy["full"]) if "full" in entropy else None
     rows = []
     t_off, m_off = statistics.median(times["off"]), statistics.median(peaks["off"])
     for name in times:
@@ -127,7 +132,7 @@ def run_overhead(params: Params, out: str | Path, num_prompts: int = 32, repeats
                "memory_ratio": statistics.median(peaks[name]) / m_off}
         if name in entropy and full_peaks is not None:
             row["prompt_rank_corr"] = _spearman(entropy[name].mean(1), entropy["full"].mean(1))
-            row["peak_overlap"] = float((select_steps(entropy[name], k) & full_peaks).sum() / full_peaks.sum())
+            row["peak_overlap"] = float((chosen(entropy[name]) & full_peaks).sum() / full_peaks.sum())
         rows.append(row)
     fields = ["variant", "layers", "heads", "query_stride", "seconds_median", "time_ratio", "peak_mib", "extra_mib",
               "memory_ratio", "prompt_rank_corr", "peak_overlap"]

@@ -65,7 +65,7 @@ class AEGPOStrategy(Strategy):
 
     def _peaks(self, entropy_t: np.ndarray) -> np.ndarray:
         a = self.params.aegpo
-        return select_steps(entropy_t, a.peaks_k, a.peak_rule, a.min_spacing, a.peak_scope)
+        return select_steps(entropy_t, a.peaks_k, a.peak_rule, a.min_spacing, a.peak_scope, a.peak_direction)
 
     # ----- the plan ----------------------------------------------------------------------------
     def plan_round(self, ctx: RoundContext) -> RoundPlan:
