@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 
-import numpy as np
 import torch
 
+from aegpo.bench.efficiency import machine_description
 from aegpo.config import load_params
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.models.registry import load_base_policy
@@ -69,7 +68,7 @@ def main() -> None:
     ent = ro.entropy.mean(0).tolist()  # (T,) mean over prompts
     for row, e in zip(rows, ent):
         row["entropy"] = e
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}; {len(prompts)} prompts x "
+    print(f"# {machine_description()}; {len(prompts)} prompts x "
           f"{args.group} rollouts per step; sde {s.sde} noise {s.noise_level}, {t_steps} steps, "
           f"checkpoint {params.model.checkpoint}")
     print("step  sigma  reward-std(SDE only here)  groups-with-spread  reward-mean  Entropy(t)")
