@@ -1,4 +1,5 @@
-"""Where a checkpoint's eval images fail: objects detected vs asked for, and how many are `unknown` blobs.
+"""Where a checkpoint's eval images fail: strict accuracy by prompt kind, objects detected vs asked
+for, and how many are `unknown` blobs.
 
     .venv/bin/python scripts/object_census.py [CHECKPOINT]   # default: the shipped base
 
@@ -34,8 +35,10 @@ def main() -> None:
     result = evaluate(load_policy(checkpoint).eval(), prompts, ShapesReward(), num_steps=e.num_steps,
                       samples_per_prompt=1, seed=e.seed, batch_size=e.batch_size)
     asked = detected = unknown = with_unknown = 0
-    for image, prompt in zip(result["images"], prompts):
+    by_kind: dict[str, list[float]] = {}
+    for image, prompt, row in zip(result["images"], prompts, result["rows"]):
         scene = parse_prompt(prompt)
+        by_kind.setdefault(scene.kind, []).append(row["strict"])
         objects = verify(image, scene).objects
         asked += sum(p.count for p in scene.phrases)
         detected += len(objects)
@@ -44,6 +47,7 @@ def main() -> None:
         with_unknown += n_unknown > 0
     print(f"checkpoint {checkpoint}: {len(prompts)} eval prompts, {e.num_steps} ODE steps, seed {e.seed}")
     print(f"strict {result['strict']:.3f}  dense {result['dense']:.3f}  soft {result['soft']:.3f}")
+    print("strict by prompt kind:", ", ".join(f"{k} {np.mean(v):.3f} ({len(v)} prompts)" for k, v in sorted(by_kind.items())))
     print(f"objects asked for {asked}, detected {detected}, of which unknown {unknown} "
           f"({unknown / max(detected, 1):.0%}); images with an unknown object: {with_unknown} of {len(prompts)}")
     soft = np.asarray([r["soft"] for r in result["rows"]])
