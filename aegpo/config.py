@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from aegpo.config_base import Section
 from aegpo.models.pretrained_params import PretrainedParams
+from aegpo.shapes.spec import MAX_SIZE, MIN_SIZE
 
 
 STRATEGIES_WITH_K = ("aegpo_local", "aegpo", "random_k")  # strategies that explore aegpo.peaks_k steps
@@ -191,8 +192,8 @@ class PretrainParams(Section):
         "(single / compound / relation a third each).")
     grid: int = Field(1, ge=1, le=8, description="Rendered objects' bounding-box corners on multiples of this many "
                       "pixels (1: anywhere, as the spec allows; the patch size puts each object on whole tokens).")
-    object_size: int = Field(0, ge=0, le=10, description="Every rendered object this many pixels across (0: "
-                             "uniform over the spec's 6..10).")
+    object_size: int = Field(0, ge=0, le=MAX_SIZE, description="Every rendered object this many pixels across (0: "
+                             f"uniform over the spec's {MIN_SIZE}..{MAX_SIZE}).")
     sigma_sampling: Literal["logit_normal", "uniform"] = Field("uniform", description="Training σ distribution: uniform (default; trains the high-noise layout phase) or SD3's logit-normal(0, 1).")
     stop_at: int = Field(0, ge=0, description="Stop after this many steps and write `out` there (0: run all "
                          "`steps`); the LR schedule still spans `steps`.")
@@ -204,8 +205,9 @@ class PretrainParams(Section):
     def _check_stop(self) -> PretrainParams:
         if self.stop_at > self.steps:
             raise ValueError(f"pretrain.stop_at: {self.stop_at} is beyond pretrain.steps = {self.steps}")
-        if self.object_size and self.object_size < 6:
-            raise ValueError(f"pretrain.object_size: expected 0 (random) or 6..10 pixels, got {self.object_size}")
+        if self.object_size and self.object_size < MIN_SIZE:
+            raise ValueError(f"pretrain.object_size: expected 0 (random) or {MIN_SIZE}..{MAX_SIZE} pixels, "
+                             f"got {self.object_size}")
         return self
 
 
