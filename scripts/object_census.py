@@ -4,7 +4,7 @@ for, and how many are `unknown` blobs.
     .venv/bin/python scripts/object_census.py [CHECKPOINT]   # default: the shipped base
 
 Samples the eval split exactly as `aegpo evaluate` does (params.yaml's eval section: 20 ODE steps,
-seed 1234), runs the verifier and prints counts. Quoted in docs/findings.md §2a.
+images per prompt, seed 1234), runs the verifier on every image and prints counts. Quoted in docs/findings.md §2a.
 """
 
 from __future__ import annotations
@@ -32,25 +32,30 @@ def main() -> None:
     e = params.eval
     checkpoint = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / params.model.checkpoint)
     prompts = read_prompt_file(ROOT / e.prompts)
-    result = evaluate(load_policy(checkpoint).eval(), prompts, ShapesReward(), num_steps=e.num_steps,
-                      samples_per_prompt=1, seed=e.seed, batch_size=e.batch_size)
-    asked = detected = unknown = with_unknown = 0
+    k = e.samples_per_prompt
+    reward = ShapesReward()
+    result = evaluate(load_policy(checkpoint).eval(), prompts, reward, num_steps=e.num_steps,
+                      samples_per_prompt=k, seed=e.seed, batch_size=e.batch_size)
     by_kind: dict[str, list[float]] = {}
-    for image, prompt, row in zip(result["images"], prompts, result["rows"]):
+    for prompt, row in zip(prompts, result["rows"]):
+        by_kind.setdefault(parse_prompt(prompt).kind, []).append(row["strict"])
+    images = result["images"]  # (len(prompts) * k, H, W, 3), prompt-major
+    image_prompts = [prompts[i // k] for i in range(len(images))]
+    asked = detected = unknown = with_unknown = 0
+    for image, prompt in zip(images, image_prompts):
         scene = parse_prompt(prompt)
-        by_kind.setdefault(scene.kind, []).append(row["strict"])
         objects = verify(image, scene).objects
         asked += sum(p.count for p in scene.phrases)
         detected += len(objects)
         n_unknown = sum(o.shape == "unknown" for o in objects)
         unknown += n_unknown
         with_unknown += n_unknown > 0
-    print(f"checkpoint {checkpoint}: {len(prompts)} eval prompts, {e.num_steps} ODE steps, seed {e.seed}")
+    print(f"checkpoint {checkpoint}: {len(prompts)} eval prompts × {k} images, {e.num_steps} ODE steps, seed {e.seed}")
     print(f"strict {result['strict']:.3f}  dense {result['dense']:.3f}  soft {result['soft']:.3f}")
     print("strict by prompt kind:", ", ".join(f"{k} {np.mean(v):.3f} ({len(v)} prompts)" for k, v in sorted(by_kind.items())))
     print(f"objects asked for {asked}, detected {detected}, of which unknown {unknown} "
-          f"({unknown / max(detected, 1):.0%}); images with an unknown object: {with_unknown} of {len(prompts)}")
-    soft = np.asarray([r["soft"] for r in result["rows"]])
+          f"({unknown / max(detected, 1):.0%}); images with an unknown object: {with_unknown} of {len(images)}")
+    soft = np.asarray(reward(images, image_prompts).parts["soft"])
     print("soft per image, 10th / 50th / 90th percentile:", np.round(np.percentile(soft, [10, 50, 90]), 2).tolist())
 
 
