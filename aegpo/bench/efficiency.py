@@ -9,7 +9,8 @@ Outputs in `--out DIR`:
 - `curves.csv`: strategy, seed, round, nfe, strict, dense, train_reward, wall_seconds (nfe 0 = base);
 - `curves.png`: eval strict accuracy against NFE, mean over seeds with a min–max band;
 - `table.md`: NFE to the target (default: halfway from the base's accuracy to the best final
-  mean accuracy seen), final accuracy mean ± std over seeds, wall time;
+  mean accuracy seen; none when no final mean is above the base), final accuracy mean ± std
+  over seeds, wall time;
 - `summary.json`: per strategy `nfe_to_target`, `final_strict_mean`, `final_strict_std`, `seeds`, …
 - `runs/<strategy>-s<seed>/`: each run's round logs (resumable: an interrupted benchmark continues).
 """
@@ -101,9 +102,11 @@ def summarize(rows: list[dict[str, Any]], spec: BenchSpec, base_strict: float) -
     final_means = {s: float(np.mean([finals[(s, seed)]["strict"] for seed in spec.seeds])) for s in spec.strategies}
     best = max(final_means.values())
     target = spec.target if spec.target is not None else base_strict + 0.5 * (best - base_strict)
+    if spec.target is None and best <= base_strict:
+        target = None  # nothing improved on the base: a target below it would be "reached" at NFE 0
     out: dict[str, Any] = {"target_strict": target, "base_strict": base_strict, "best_final_mean": best, "strategies": {}}
     for s in spec.strategies:
-        reach = [nfe_to_reach(by_run[(s, seed)], target) for seed in spec.seeds]
+        reach = [nfe_to_reach(by_run[(s, seed)], target) if target is not None else float("inf") for seed in spec.seeds]
         finite = [x for x in reach if np.isfinite(x)]
         final = [finals[(s, seed)]["strict"] for seed in spec.seeds]
         out["strategies"][s] = {
@@ -120,8 +123,10 @@ def summarize(rows: list[dict[str, Any]], spec: BenchSpec, base_strict: float) -
 
 
 def table_markdown(summary: dict[str, Any]) -> str:
-    lines = [f"Target: eval strict accuracy {summary['target_strict']:.3f} (base {summary['base_strict']:.3f}, "
-             f"best final mean {summary['best_final_mean']:.3f})", "",
+    target = summary["target_strict"]
+    head = (f"Target: eval strict accuracy {target:.3f}" if target is not None
+            else "No target: no strategy's final mean is above the base")
+    lines = [f"{head} (base {summary['base_strict']:.3f}, best final mean {summary['best_final_mean']:.3f})", "",
              "| strategy | NFE to target (mean) | reached | final strict (mean ± std) | final dense | wall time / run |",
              "|---|---|---|---|---|---|"]
     for s, v in summary["strategies"].items():
@@ -149,7 +154,8 @@ def plot(rows: list[dict[str, Any]], spec: BenchSpec, summary: dict[str, Any], p
         mean = np.nanmean(c, 0)
         (line,) = ax.plot(grid, mean, label=s)
         ax.fill_between(grid, np.nanmin(c, 0), np.nanmax(c, 0), color=line.get_color(), alpha=0.15)
-    ax.axhline(summary["target_strict"], color="grey", ls="--", lw=1, label="target")
+    if summary["target_strict"] is not None:
+        ax.axhline(summary["target_strict"], color="grey", ls="--", lw=1, label="target")
     ax.set_xlabel("cumulative NFE (denoiser evaluations)")
     ax.set_ylabel("eval strict accuracy")
     ax.set_title(f"shapes world, {len(spec.seeds)} seeds (band: min–max)")

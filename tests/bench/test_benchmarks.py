@@ -3,7 +3,9 @@
 import csv
 import json
 
-from aegpo.bench.efficiency import BenchSpec, nfe_to_reach, run_efficiency
+import pytest
+
+from aegpo.bench.efficiency import BenchSpec, nfe_to_reach, run_efficiency, summarize, table_markdown
 from aegpo.bench.overhead import run_overhead
 from aegpo.config import load_params
 
@@ -55,6 +57,29 @@ def test_nfe_to_reach_interpolates():
     assert nfe_to_reach(curve, 0.5) == 150.0
     assert nfe_to_reach(curve, 0.2) == 0.0
     assert nfe_to_reach(curve, 0.9) == float("inf")
+
+
+def _rows(strategy, seed, strict_curve):
+    return [{"strategy": strategy, "seed": seed, "round": i, "nfe": 100 * i, "strict": x, "dense": x,
+             "wall_seconds": float(i)} for i, x in enumerate(strict_curve)]
+
+
+def test_summary_target_is_halfway_to_the_best_final_mean():
+    rows = _rows("a", 0, [0.3, 0.4, 0.5]) + _rows("b", 0, [0.3, 0.3, 0.32])
+    summary = summarize(rows, BenchSpec(["a", "b"], [0], 200, 100), base_strict=0.3)
+    assert summary["target_strict"] == pytest.approx(0.4)
+    assert summary["strategies"]["a"]["nfe_to_target"] == pytest.approx(100.0)
+    assert summary["strategies"]["b"]["nfe_to_target"] is None
+    assert summary["strategies"]["b"]["reached_target"] == "0/1"
+
+
+def test_summary_has_no_target_when_nothing_beats_the_base():
+    # halfway to a best below the base would lie below the base: every run would "reach" it at NFE 0
+    rows = _rows("a", 0, [0.3, 0.28, 0.25]) + _rows("b", 0, [0.3, 0.29, 0.29])
+    summary = summarize(rows, BenchSpec(["a", "b"], [0], 200, 100), base_strict=0.3)
+    assert summary["target_strict"] is None
+    assert all(v["nfe_to_target"] is None and v["reached_target"] == "0/1" for v in summary["strategies"].values())
+    assert table_markdown(summary).startswith("No target")
 
 
 def test_overhead_benchmark_end_to_end(tiny_base, tmp_path):
