@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from aegpo.io_utils import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "ablations"
 # variant name → overrides of params.yaml; each changes one definition choice of docs/method.md
@@ -63,8 +65,6 @@ def main() -> None:
         lines.append(f"| {name} | {overrides or '—'} | {s['final_strict_mean']:.3f} ± {s['final_strict_std']:.3f} | "
                      f"{s['final_dense_mean']:.3f} | {','.join(map(str, s['seeds']))} |")
     table = "\n".join(lines) + "\n"
-    from aegpo.io_utils import atomic_write_text
-
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / "table.md", f"`aegpo` at {args.nfe_budget} NFE per run, seeds {args.seeds}\n\n" + table)
     print(table)

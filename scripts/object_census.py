@@ -52,7 +52,7 @@ def main() -> None:
         with_unknown += n_unknown > 0
     print(f"checkpoint {checkpoint}: {len(prompts)} eval prompts × {k} images, {e.num_steps} ODE steps, seed {e.seed}")
     print(f"strict {result['strict']:.3f}  dense {result['dense']:.3f}  soft {result['soft']:.3f}")
-    print("strict by prompt kind:", ", ".join(f"{k} {np.mean(v):.3f} ({len(v)} prompts)" for k, v in sorted(by_kind.items())))
+    print("strict by prompt kind:", ", ".join(f"{kind} {np.mean(v):.3f} ({len(v)} prompts)" for kind, v in sorted(by_kind.items())))
     print(f"objects asked for {asked}, detected {detected}, of which unknown {unknown} "
           f"({unknown / max(detected, 1):.0%}); images with an unknown object: {with_unknown} of {len(images)}")
     soft = np.asarray(reward(images, image_prompts).parts["soft"])

@@ -101,8 +101,11 @@ def summarize(rows: list[dict[str, Any]], spec: BenchSpec, base_strict: float) -
     finals = {k: v[-1] for k, v in by_run.items()}
     final_means = {s: float(np.mean([finals[(s, seed)]["strict"] for seed in spec.seeds])) for s in spec.strategies}
     best = max(final_means.values())
-    target = spec.target if spec.target is not None else base_strict + 0.5 * (best - base_strict)
-    if spec.target is None and best <= base_strict:
+    if spec.target is not None:
+        target = spec.target
+    elif best > base_strict:
+        target = base_strict + 0.5 * (best - base_strict)
+    else:
         target = None  # nothing improved on the base: a target below it would be "reached" at NFE 0
     out: dict[str, Any] = {"target_strict": target, "base_strict": base_strict, "best_final_mean": best, "strategies": {}}
     for s in spec.strategies:
