@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -24,14 +23,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _params(args):
+    """The run's parameters: the --params file (a missing one is an error) or, with `--params builtin`, the
+    code's defaults."""
     from aegpo.config import load_params
 
-    path = args.params if Path(args.params).is_file() or args.params != "params.yaml" else None
-    return load_params(path, args.set)
+    return load_params(args.params, args.set)
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml if present)")
+    p.add_argument("--params", default="params.yaml",
+                   help="parameters file (default: params.yaml); 'builtin' runs on the code's defaults")
     p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter, e.g. -S train.rounds=5 (repeatable)")
 
@@ -51,7 +52,7 @@ def cmd_train(args) -> int:
     params = _params(args)
     trainer = Trainer(params, read_prompt_file(params.train.prompts), read_prompt_file(params.eval.prompts))
     result = trainer.run()
-    before, after = result["base_eval"], result["history"][-1].get("eval") if result["history"] else None
+    before, after = result["base_eval"], result["history"][-1].eval if result["history"] else None
     print(f"\ntrained {result['rounds']} rounds ({params.train.strategy}), {result['nfe']} denoiser evaluations")
     if before and after:
         print(f"eval strict accuracy: {before['strict']:.3f} (base) -> {after['strict']:.3f} (trained)")
@@ -90,13 +91,12 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from aegpo.config import load_params
     from aegpo.evaluate import evaluate
     from aegpo.io_utils import atomic_write_json
     from aegpo.prompt_files import read_prompt_file
     from aegpo.rewards.registry import build_reward
 
-    params = load_params(args.params if Path(args.params).is_file() else None, args.set)
+    params = _params(args)
     e = params.eval
     reward = build_reward(params.reward.name, params.reward.weights, params.reward.models)
     prompts = read_prompt_file(args.prompts or e.prompts, reward.validate_prompt)

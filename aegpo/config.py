@@ -21,9 +21,6 @@ from aegpo.models.pretrained_params import PretrainedParams
 from aegpo.shapes.spec import MAX_SIZE, MIN_SIZE
 
 
-STRATEGIES_WITH_K = ("aegpo_local", "aegpo", "random_k")  # strategies that explore aegpo.peaks_k steps
-
-
 class ParamsError(ValueError):
     """params.yaml or an override failed validation."""
 
@@ -57,7 +54,7 @@ class SamplerParams(Section):
     shift: float = Field(1.0, gt=0, description="Time shift of the sigma schedule: σ = s·t / (1 + (s − 1)·t), t = linspace(1, 0).")
     sde: Literal["dance", "flow", "cps"] = Field("dance", description="Stochastic step on exploring steps: DanceGRPO, Flow-GRPO or CPS (see aegpo/samplers.py).")
     noise_level: float = Field(0.7, ge=0, le=5, description="η (dance), a (flow) or a (cps: std = σ_next·sin(aπ/2), a ≤ 1) of the SDE.")
-    same_noise: bool = Field(False, description="All rollouts of one prompt start from the same initial noise (DanceGRPO's init_same_noise).")
+    same_noise: bool = Field(True, description="All rollouts of one prompt start from the same initial noise (DanceGRPO's init_same_noise).")
 
     @model_validator(mode="after")
     def _check(self) -> SamplerParams:
@@ -88,21 +85,21 @@ class OptimParams(Section):
 
 class TrainParams(Section):
     prompts: str = Field("data/prompts/train.txt", description="Training prompt file, one per line.")
-    strategy: str = Field("grpo", description="Strategy (aegpo.strategies registry): where to explore and how many rollouts each prompt gets.")
-    rounds: int = Field(30, ge=1, description="Rounds of sample → score → advantage → optimize.")
+    strategy: str = Field("aegpo", description="Strategy (aegpo.strategies registry): where to explore and how many rollouts each prompt gets.")
+    rounds: int = Field(45, ge=1, description="Rounds of sample → score → advantage → optimize.")
     prompts_per_round: int = Field(16, ge=1, description="Prompts drawn (without replacement, cycling) per round.")
     group_size: int = Field(12, ge=2, description="Rollouts per prompt under a uniform budget (the budget is prompts_per_round × group_size).")
     timestep_fraction: float = Field(0.6, gt=0, le=1, description="grpo: fraction of the (non-final) steps trained per sample, chosen at random (DanceGRPO).")
     optimizer_steps: int = Field(2, ge=1, description="Optimizer steps per round; the round's samples are split into this many minibatches (gradient accumulation inside each).")
     micro_batch: int = Field(32, ge=1, description="Transitions per forward/backward pass (memory knob; does not change the maths).")
-    inner_epochs: int = Field(1, ge=1, description="Passes over a round's samples.")
+    inner_epochs: int = Field(4, ge=1, description="Passes over a round's samples.")
     clip_range: float = Field(1e-3, gt=0, description="PPO ratio clip ε.")
     adv_clip_max: float = Field(5.0, gt=0, description="Advantages are clipped to ±this.")
     std_floor: float = Field(0.05, ge=0, description="Group std floor in the z-score (avoids blowing up tiny reward gaps).")
     kl_beta: float = Field(0.0, ge=0, description="Weight of the KL to the reference policy (Flow-GRPO: ‖μθ − μref‖² / 2σ²); 0 = off.")
     optim: OptimParams = Field(default_factory=OptimParams, description="Optimizer.")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of trainable weights for evaluation/saving; 0 = off.")
-    eval_every: int = Field(10, ge=0, description="Evaluate every this many rounds (and at the end); 0 = only at the end.")
+    eval_every: int = Field(15, ge=0, description="Evaluate every this many rounds (and at the end); 0 = only at the end.")
     eval_base: bool = Field(True, description="Evaluate the base policy before round 0 (the 'before' of before/after).")
     out_dir: str = Field("runs/train", description="Run folder: checkpoints, round logs, rollouts.")
     save_every: int = Field(1, ge=1, description="Write the resumable state every this many rounds (and at the end).")
@@ -159,13 +156,13 @@ class MixGRPOParams(Section):
 class EvalParams(Section):
     prompts: str = Field("data/prompts/eval.txt", description="Evaluation prompt file, one per line.")
     num_steps: int = Field(20, ge=1, description="ODE steps for evaluation samples.")
-    samples_per_prompt: int = Field(1, ge=1, description="Images per prompt (seeds 0..n−1 offset by prompt index).")
+    samples_per_prompt: int = Field(4, ge=1, description="Images per prompt (seeds 0..n−1 offset by prompt index).")
     seed: int = Field(1234, description="Base seed of evaluation noise: fixed so evaluations are comparable.")
     batch_size: int = Field(100, ge=1, description="Images per denoiser batch.")
 
 
 class ArchParams(Section):
-    patch_size: int = Field(4, ge=1, description="Pixels per token side (32 / patch_size)² image tokens.")
+    patch_size: int = Field(8, ge=1, description="Pixels per token side (32 / patch_size)² image tokens.")
     num_layers: int = Field(6, ge=1, description="Joint transformer blocks.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     head_dim: int = Field(32, ge=8, description="Width per head (denoiser width = heads × head_dim).")
@@ -177,7 +174,7 @@ class ArchParams(Section):
 class PretrainParams(Section):
     arch: ArchParams = Field(default_factory=ArchParams, description="Architecture of the built-in policy.")
     out: str = Field("checkpoints/shapes-base", description="Where the base checkpoint is written.")
-    steps: int = Field(6000, ge=1, description="Optimizer steps.")
+    steps: int = Field(5000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Rendered (image, caption) pairs per step.")
     lr: float = Field(7e-4, gt=0, description="AdamW peak learning rate (after a linear warm-up).")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -188,11 +185,11 @@ class PretrainParams(Section):
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the shipped weights.")
     caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of an empty caption (enables guidance).")
     prompt_mix: Literal["uniform", "balanced"] = Field(
-        "uniform", description="uniform over train prompts (98% compound/relation), or balanced over prompt kinds "
+        "balanced", description="uniform over train prompts (98% compound/relation), or balanced over prompt kinds "
         "(single / compound / relation a third each).")
-    grid: int = Field(1, ge=1, le=8, description="Rendered objects' bounding-box corners on multiples of this many "
+    grid: int = Field(8, ge=1, le=8, description="Rendered objects' bounding-box corners on multiples of this many "
                       "pixels (1: anywhere, as the spec allows; the patch size puts each object on whole tokens).")
-    object_size: int = Field(0, ge=0, le=MAX_SIZE, description="Every rendered object this many pixels across (0: "
+    object_size: int = Field(7, ge=0, le=MAX_SIZE, description="Every rendered object this many pixels across (0: "
                              f"uniform over the spec's {MIN_SIZE}..{MAX_SIZE}).")
     sigma_sampling: Literal["logit_normal", "uniform"] = Field("uniform", description="Training σ distribution: uniform (default; trains the high-noise layout phase) or SD3's logit-normal(0, 1).")
     stop_at: int = Field(0, ge=0, description="Stop after this many steps and write `out` there (0: run all "
@@ -225,9 +222,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _check(self) -> Params:
-        from aegpo.peaks import max_selectable
-
-        a, g, t = self.aegpo, self.train.group_size, self.sampler.num_steps
+        a, g = self.aegpo, self.train.group_size
         high, low = a.split(g)
         if high + low != 2 * g or not 2 <= low <= g <= high:
             raise ValueError(f"aegpo.high_group + aegpo.low_group must equal 2 · train.group_size = {2 * g} "
@@ -235,26 +230,41 @@ class Params(Section):
         floor, ceiling = a.bounds(g)
         if not floor <= g <= ceiling:
             raise ValueError(f"aegpo.floor ≤ train.group_size ≤ aegpo.ceiling is needed, got {floor}, {g}, {ceiling}")
-        spacing = a.min_spacing if a.peak_rule == "peaks" else 1
-        strategy = self.train.strategy
-        from aegpo.strategies.registry import STRATEGIES
+        from aegpo.strategies.registry import STRATEGIES, strategy_class
 
-        if strategy not in STRATEGIES:
-            raise ValueError(f"train.strategy: unknown strategy {strategy!r} (expected one of {sorted(STRATEGIES)})")
-        if strategy.startswith("aegpo") and not self.entropy.record:
-            raise ValueError(f"train.strategy {strategy} reads attention entropy: set entropy.record: true")
-        if strategy in STRATEGIES_WITH_K and a.peaks_k > max_selectable(t, spacing):
-            raise ValueError(f"aegpo.peaks_k: {a.peaks_k} steps cannot be chosen among the {t - 1} explorable steps "
-                             f"of sampler.num_steps = {t}" + (f" with min_spacing {spacing}" if spacing > 1 else ""))
-        if strategy == "mixgrpo" and self.mixgrpo.window > t - 1:
-            raise ValueError(f"mixgrpo.window: {self.mixgrpo.window} > {t - 1} explorable steps")
-        fraction_steps = int((self.sampler.num_steps - 1) * self.train.timestep_fraction)
-        if self.train.strategy == "grpo" and fraction_steps < 1:
-            raise ValueError(
-                f"train.timestep_fraction: {self.train.timestep_fraction} of {self.sampler.num_steps - 1} "
-                "trainable steps is zero steps; raise it or sampler.num_steps"
-            )
+        if self.train.strategy not in STRATEGIES:
+            raise ValueError(f"train.strategy: unknown strategy {self.train.strategy!r} "
+                             f"(expected one of {sorted(STRATEGIES)})")
+        strategy_class(self.train.strategy).validate_params(self)  # each strategy checks what it reads
         return self
+
+
+# ----- the shipped params.yaml versus these defaults ------------------------------------------------
+
+# The defaults above are the one source of every default. The shipped params.yaml spells out each key, and it
+# departs from a default only where listed here, with the reason (tests/test_config.py fails on any other
+# difference, and on a listed key that no longer differs).
+SHIPPED_DIFFERENCES: dict[str, str] = {
+    "entropy.layers": "code: every layer, right for any model; shipped: layers 2-4 of the built-in 6-layer model, "
+                      "where recording costs ≤ 1.05x rollout time (`aegpo bench overhead`)",
+    "entropy.query_stride": "code: every image query (exact entropy); shipped: every 4th, the measured cheap setting "
+                            "of the built-in model (`aegpo bench overhead`)",
+    "aegpo.high_group": "code: null, derived from train.group_size so that any group size stays valid; shipped: the "
+                        "derived value for group_size 12, written out (16)",
+    "aegpo.low_group": "code: null, derived as 2 · group_size − high_group; shipped: the value for group_size 12 (8)",
+    "aegpo.floor": "code: null, derived as max(2, group_size // 3); shipped: the value for group_size 12 (4)",
+    "aegpo.ceiling": "code: null, derived as 2 · group_size; shipped: the value for group_size 12 (24)",
+    "aegpo.peak_direction": "code: the paper's entropy maxima; shipped: the built-in model's minima, where its "
+                            "reward is decided (docs/findings.md §2b)",
+}
+
+BUILTIN = "builtin"  # `--params builtin`: the defaults above, with no params file
+
+
+def shipped_differences(shipped: Params) -> dict[str, tuple[Any, Any]]:
+    """Dotted key → (code default, shipped value) for every key where `shipped` departs from the defaults."""
+    code, ours = flatten(Params()), flatten(shipped)
+    return {k: (code[k], ours[k]) for k in code if code[k] != ours[k]}
 
 
 # ----- loading ---------------------------------------------------------------------------------
@@ -320,14 +330,16 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read `path` (None → all defaults), apply overrides, validate."""
+    """Read `path`, apply overrides, validate. `path` None or "builtin" (`BUILTIN`) asks for the built-in
+    defaults with no file; any other missing file is an error."""
     raw: dict[str, Any] = {}
     source = "defaults"
-    if path is not None:
+    if path is not None and str(path) != BUILTIN:
         path = Path(path)
         source = str(path)
         if not path.is_file():
-            raise ParamsError(f"params file {path} does not exist")
+            raise ParamsError(f"params file {path} does not exist (pass --params {BUILTIN} to run on the "
+                              "built-in defaults, listed in aegpo/config.py)")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:

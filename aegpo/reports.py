@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aegpo.io_utils import atomic_write_json, atomic_write_text
+from aegpo.record import RoundRecord
 
 REWARD_COLUMNS = ("round", "reward_mean", "reward_std")
 POLICY_COLUMNS = ("loss", "kl", "clip_frac", "grad_norm", "nfe")
@@ -28,9 +29,10 @@ EVAL_COLUMNS = ("rounds_done", "strict", "dense", "reward")
 ALLOC_COLUMNS = ("round", "prompt_id", "delta_entropy", "group_size", "reward_mean")
 
 
-def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
+def load_records(run_dir: str | Path) -> list[RoundRecord]:
     """The run's round records, in round order."""
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(run_dir).glob("rounds/round-*.json"))]
+    return [RoundRecord.from_json(json.loads(p.read_text(encoding="utf-8")))
+            for p in sorted(Path(run_dir).glob("rounds/round-*.json"))]
 
 
 def load_base_eval(run_dir: str | Path) -> dict[str, Any] | None:
@@ -51,16 +53,16 @@ def _eval_point(rounds_done: int, ev: dict[str, Any]) -> dict[str, Any]:
     return {"rounds_done": rounds_done, **{k: ev.get(k) for k in EVAL_COLUMNS[1:]}}
 
 
-def allocation_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+def allocation_rows(record: RoundRecord) -> list[dict[str, Any]]:
     """Per-prompt ΔEntropy and group size of one round (empty when the strategy measures no ΔEntropy)."""
-    plan = record.get("plan") or {}
+    plan = record.plan
     delta = plan.get("delta_entropy")
     if delta is None:
         return []
     rows = []
-    for i, pp in enumerate(record.get("per_prompt", [])):
-        rows.append({"round": record["round"], "prompt_id": pp["prompt_id"], "prompt": pp["prompt"],
-                     "delta_entropy": delta[i], "group_size": pp["group_size"], "reward_mean": pp["reward_mean"],
+    for i, pp in enumerate(record.per_prompt):
+        rows.append({"round": record.round, "prompt_id": pp.prompt_id, "prompt": pp.prompt,
+                     "delta_entropy": delta[i], "group_size": pp.group_size, "reward_mean": pp.reward_mean,
                      "base_entropy": (plan.get("base_entropy") or [None] * (i + 1))[i],
                      "current_entropy": (plan.get("current_entropy") or [None] * (i + 1))[i],
                      "chosen_steps": " ".join(map(str, (plan.get("chosen_steps") or [[]] * (i + 1))[i]))})
@@ -72,18 +74,18 @@ def write_reports(run_dir: str | Path, reports_dir: str | Path, strategy: str = 
     records = load_records(run_dir)
     base_eval = load_base_eval(run_dir)
     out = Path(reports_dir)
-    parts = sorted({k for r in records for k in r if k.startswith("reward_") and k not in ("reward_mean", "reward_std")})
+    parts = sorted({f"reward_{k}" for r in records for k in r.reward_parts})
     reward_header = [*REWARD_COLUMNS, *parts, *POLICY_COLUMNS]
-    atomic_write_text(out / "rewards.csv", _csv(reward_header, records))
+    atomic_write_text(out / "rewards.csv", _csv(reward_header, [r.to_json() for r in records]))
     curve = [_eval_point(0, base_eval)] if base_eval else []
-    curve += [_eval_point(r["round"] + 1, r["eval"]) for r in records if r.get("eval")]
+    curve += [_eval_point(r.round + 1, r.eval) for r in records if r.eval]
     atomic_write_text(out / "eval_curve.csv", _csv(list(EVAL_COLUMNS), curve))
     alloc = [row for r in records for row in allocation_rows(r)]
     atomic_write_text(out / "entropy_alloc.csv", _csv(list(ALLOC_COLUMNS), alloc))
-    last_eval = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
+    last_eval = next((r.eval for r in reversed(records) if r.eval), None)
     metrics = {
-        "strategy": strategy, "rounds": len(records), "nfe": records[-1]["nfe"] if records else 0,
-        "reward_mean": records[-1]["reward_mean"] if records else None,
+        "strategy": strategy, "rounds": len(records), "nfe": records[-1].nfe if records else 0,
+        "reward_mean": records[-1].reward_mean if records else None,
         "eval": _summary(last_eval), "base_eval": _summary(base_eval),
     }
     atomic_write_json(out / "train_metrics.json", metrics)

@@ -8,6 +8,7 @@ batch order or device placement of the other samples (resumed runs replay exactl
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,7 +101,7 @@ def generate(
     recorder=None,
     batch_size: int = 64,
     keep_heads: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     decode: bool = True,
 ) -> Rollout:
     """Sample N = len(prompt_index) trajectories of T = plan.sde.shape[1] steps.
@@ -115,6 +116,8 @@ def generate(
         recorder: an installed EntropyRecorder; if given, Entropy(t) is recorded at every step.
         decode: decode the final latents to `images`; False (entropy probes) leaves `images` empty (N, 0, 0, 3),
             skipping the VAE where no reward needs pixels.
+        progress: True for a tqdm bar, or a callable `(done, total)` counting samples, called after each batch
+            (the pipeline logs it through Prefect, where no terminal shows a bar).
     """
     n, num_steps = plan.sde.shape
     device = policy.device
@@ -126,7 +129,8 @@ def generate(
     final = torch.empty(n, *shape)
     ent_heads: list[torch.Tensor] = []
     trans: dict[str, list[torch.Tensor]] = {k: [] for k in ("sample", "step", "x_t", "x_next", "log_prob")}
-    bar = tqdm(total=n * num_steps, desc="sample", unit="step", disable=not progress, mininterval=2, leave=False)
+    bar = tqdm(total=n * num_steps, desc="sample", unit="step", disable=progress is not True, mininterval=2,
+               leave=False)
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(n, start + batch_size))
         b_cond = cond.select(prompt_index[idx])
@@ -153,6 +157,8 @@ def generate(
             x = out.prev
             bar.update(len(idx))
         final[idx] = x.float().cpu()
+        if callable(progress):
+            progress(int(idx[-1]) + 1, n)
         if b_ent:
             ent_heads.append(torch.stack(b_ent, dim=1))  # (B, T, L, H)
     bar.close()

@@ -1,8 +1,8 @@
 """The RL trainer: each round reads sample → score → advantage → optimize.
 
 `Trainer(params).run()` trains `train.rounds` rounds, resuming from `out_dir/state` when
-it exists. Each round's record (a plain dict, see `RoundRecord` keys in docs/) is written
-to `out_dir/rounds/round-NNNN.json` and passed to the `on_round` callbacks, which is how
+it exists. Each round's record (an `aegpo.record.RoundRecord`, its fields documented there) is
+written to `out_dir/rounds/round-NNNN.json` and passed to the `callbacks`, which is how
 trackers (MLflow, in flows/) observe training without the library importing them.
 """
 
@@ -28,19 +28,20 @@ from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.evaluate import evaluate
 from aegpo.grpo import UpdateConfig, group_advantages, policy_update
 from aegpo.io_utils import atomic_write_json
-from aegpo.models.base import LoraSpec
+from aegpo.models.base import Conditioning, LoraSpec
 from aegpo.models.registry import load_base_policy
 from aegpo.profile import EntropyProfile, ProbeSpec, load_or_compute_base_profile, probe
+from aegpo.record import PromptResult, RoundRecord, UpdateStats
 from aegpo.rewards.base import RewardResult
 from aegpo.rewards.registry import build_reward
 from aegpo.rollout import Rollout, derive_seed, generate, sample_seeds
-from aegpo.tables import PROFILE_SCHEMA, read_table
 from aegpo.strategies.base import RoundContext, RoundPlan, expand_groups
 from aegpo.strategies.registry import build_strategy
+from aegpo.tables import PROFILE_SCHEMA, read_table
 from aegpo.train_state import load_state, optimizer_from_tensors, save_state
 
 log = logging.getLogger(__name__)
-RoundCallback = Callable[[dict[str, Any]], None]
+RoundCallback = Callable[[RoundRecord], None]
 
 
 @dataclass
@@ -49,6 +50,7 @@ class RoundWork:
 
     ctx: RoundContext
     plan: RoundPlan
+    cond: Conditioning  # the round's encoded prompts (P), shared by sampling and the update
     rollout: Rollout | None = None
     scored: RewardResult | None = None
     advantages: torch.Tensor | None = None  # (N,)
@@ -110,7 +112,8 @@ class Trainer:
                                            eps=o.eps, weight_decay=o.weight_decay)
         self.ema = EMA(list(self.named_trainable.values()), params.train.ema_decay) if params.train.ema_decay else None
         self.callbacks: list[RoundCallback] = []
-        self.round, self.nfe, self.history = 0, 0, []
+        self.round, self.nfe = 0, 0
+        self.history: list[RoundRecord] = []
         self.base_eval: dict[str, Any] | None = None
         self._resume()
 
@@ -124,12 +127,12 @@ class Trainer:
         while self.round < self.params.train.rounds:
             record = self.run_round()
             bar.update(1)
-            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", nfe=self.nfe)
+            bar.set_postfix(reward=f"{record.reward_mean:.3f}", nfe=self.nfe)
         bar.close()
         return {"rounds": self.round, "nfe": self.nfe, "history": self.history, "base_eval": self.base_eval,
                 "checkpoint": str(self.out_dir / "checkpoint")}
 
-    def run_round(self) -> dict[str, Any]:
+    def run_round(self) -> RoundRecord:
         """One round: plan → sample → score (+ advantages) → optimize → record/evaluate/save."""
         work = self.begin_round()
         self.sample(work)
@@ -142,7 +145,8 @@ class Trainer:
         """Prompts of the next round and the strategy's plan (group sizes, SDE/train steps)."""
         t0 = time.perf_counter()
         ctx = self._context(self.round)
-        work = RoundWork(ctx, self.strategy.plan_round(ctx))
+        cond = self.policy.encode_prompts(ctx.prompts)
+        work = RoundWork(ctx, self.strategy.plan_round(ctx), cond)
         work.times["plan"] = time.perf_counter() - t0
         return work
 
@@ -157,7 +161,7 @@ class Trainer:
         self.policy.eval()
         work.rollout = generate(self.policy, work.ctx.prompts, prompt_index, seeds, work.plan.plan,
                                 init_seeds=init_seeds, sde=s.sde,
-                                noise_level=s.noise_level, shift=s.shift, cond=self._cond, recorder=self.recorder,
+                                noise_level=s.noise_level, shift=s.shift, cond=work.cond, recorder=self.recorder,
                                 progress=self.progress)
         work.times["sample"] = time.perf_counter() - t0
         return work.rollout
@@ -173,14 +177,14 @@ class Trainer:
     def optimize(self, work: RoundWork) -> dict[str, float]:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(derive_seed(self.params.seed, "update", work.ctx.round))
-        work.stats = policy_update(self.policy, self.optimizer, work.rollout, work.advantages, self._cond,
+        work.stats = policy_update(self.policy, self.optimizer, work.rollout, work.advantages, work.cond,
                                    self._update_cfg(), gen)
         if self.ema is not None:
             self.ema.update()
         work.times["optimize"] = time.perf_counter() - t0
         return work.stats
 
-    def end_round(self, work: RoundWork, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    def end_round(self, work: RoundWork, evaluation: dict[str, Any] | None = None) -> RoundRecord:
         """Count NFE, build the round record, evaluate and save when due, notify callbacks.
 
         `evaluation`: the result of `evaluate()` on the updated policy when the caller (the
@@ -190,15 +194,14 @@ class Trainer:
         # every pass over the trained transitions is a forward of the denoiser (inner_epochs passes)
         update_calls = int(work.stats.get("trained_transitions", 0)) * self.params.train.inner_epochs
         self.nfe += ro.nfe + work.plan.probe_nfe + update_calls * self.policy.nfe_per_call
-        record = self._record(work.ctx, work.plan, ro, work.scored, work.advantages, work.stats, work.times)
-        record.update(self.strategy.observe(work.ctx, ro, work.scored.score))
+        record = self._record(work, self.strategy.observe(work.ctx, ro, work.scored.score))
         self.round = work.ctx.round + 1
         if evaluation is not None:
-            record["eval"] = evaluation
+            record = record.with_eval(evaluation)
         elif self.eval_due(self.round):
             t0 = time.perf_counter()
-            record["eval"] = self.evaluate()
-            record["seconds_eval"] = time.perf_counter() - t0
+            evaluation = self.evaluate()
+            record = record.with_eval(evaluation, time.perf_counter() - t0)
         self._finish_round(record)
         return record
 
@@ -211,11 +214,12 @@ class Trainer:
     def base_eval_due(self) -> bool:
         return self.round == 0 and self.params.train.eval_base and bool(self.eval_prompts) and self.base_eval is None
 
-    def evaluate_base(self) -> dict[str, Any]:
-        """Evaluate the base policy (the 'before' of before/after), kept in out_dir/eval_base.json."""
-        self.base_eval = self.evaluate()
+    def evaluate_base(self) -> tuple[dict[str, Any], np.ndarray | None]:
+        """Evaluate the base policy (the 'before' of before/after), kept in out_dir/eval_base.json;
+        returns the result and its images (N, H, W, 3) uint8."""
+        self.base_eval, images = self.evaluate_with_images()
         atomic_write_json(self.out_dir / "eval_base.json", self.base_eval)
-        return self.base_eval
+        return self.base_eval, images
 
     def restore_round(self, rollout: Rollout, plan: RoundPlan, scored: RewardResult | None = None,
                       advantages: torch.Tensor | None = None, times: dict[str, float] | None = None) -> RoundWork:
@@ -224,14 +228,13 @@ class Trainer:
         if rollout.prompts != ctx.prompts:
             raise ValueError(f"stored rollout of round {self.round} was sampled for other prompts than this "
                              "run's (stale artifacts from another run?)")
-        return RoundWork(ctx, plan, rollout=rollout, scored=scored, advantages=advantages, times=dict(times or {}))
+        return RoundWork(ctx, plan, self.policy.encode_prompts(ctx.prompts), rollout=rollout, scored=scored, advantages=advantages, times=dict(times or {}))
 
     # ----- pieces ----------------------------------------------------------------------------
     def _context(self, r: int) -> RoundContext:
         p = self.params
         ids = self._prompt_ids(r)
         prompts = [self.train_prompts[i] for i in ids]
-        self._cond = self.policy.encode_prompts(prompts)
         return RoundContext(round=r, prompts=prompts, prompt_ids=ids, num_steps=p.sampler.num_steps,
                             rng=np.random.default_rng(derive_seed(p.seed, "plan", r) % 2**63),
                             probe=self._probe, base_profile=self.base_profile)
@@ -270,30 +273,33 @@ class Trainer:
                             max_grad_norm=t.optim.max_grad_norm, optimizer_steps=t.optimizer_steps,
                             micro_batch=t.micro_batch, inner_epochs=t.inner_epochs)
 
-    def _record(self, ctx, plan, rollout, scored, adv, stats, times) -> dict[str, Any]:
+    def _record(self, work: RoundWork, extra: dict[str, Any]) -> RoundRecord:
+        ctx, rollout, scored = work.ctx, work.rollout, work.scored
         idx = rollout.prompt_index.numpy()
         per_prompt = []
         for i, prompt in enumerate(ctx.prompts):
             sel = idx == i
-            per_prompt.append({"prompt": prompt, "prompt_id": ctx.prompt_ids[i], "group_size": int(sel.sum()),
-                               "reward_mean": float(scored.score[sel].mean()), "reward_std": float(scored.score[sel].std())})
+            per_prompt.append(PromptResult(prompt, ctx.prompt_ids[i], int(sel.sum()), float(scored.score[sel].mean()),
+                                           float(scored.score[sel].std())))
         ent = rollout.entropy
-        record = {
-            "round": ctx.round, "nfe": self.nfe, "rollout_nfe": rollout.nfe, "probe_nfe": plan.probe_nfe,
-            "reward_mean": float(scored.score.mean()), "reward_std": float(scored.score.std()),
-            **{f"reward_{k}": float(v.mean()) for k, v in scored.parts.items()},
-            "adv_abs_mean": float(adv.abs().mean()), "num_samples": rollout.num_samples,
-            "sde_steps_per_sample": float(rollout.plan.sde.sum(1).float().mean()),
-            "train_steps_per_sample": float(rollout.plan.train.sum(1).float().mean()),
-            **stats, **{f"seconds_{k}": v for k, v in times.items()},
-            "per_prompt": per_prompt, "plan": plan.info,
-            "entropy_t": None if ent is None else ent.mean(0).tolist(),
-        }
-        return record
+        return RoundRecord(
+            round=ctx.round, nfe=self.nfe, rollout_nfe=rollout.nfe, probe_nfe=work.plan.probe_nfe,
+            reward_mean=float(scored.score.mean()), reward_std=float(scored.score.std()),
+            reward_parts={k: float(v.mean()) for k, v in scored.parts.items()},
+            adv_abs_mean=float(work.advantages.abs().mean()), num_samples=rollout.num_samples,
+            sde_steps_per_sample=float(rollout.plan.sde.sum(1).float().mean()),
+            train_steps_per_sample=float(rollout.plan.train.sum(1).float().mean()),
+            update=UpdateStats(**work.stats), seconds=dict(work.times), per_prompt=per_prompt, plan=work.plan.info,
+            entropy_t=None if ent is None else ent.mean(0).tolist(), extra=extra)
 
     def evaluate(self) -> dict[str, Any]:
+        """The current policy's evaluation on the eval prompts (EMA weights when EMA is on)."""
+        return self.evaluate_with_images()[0]
+
+    def evaluate_with_images(self) -> tuple[dict[str, Any], np.ndarray | None]:
+        """`evaluate()` and its images (N, H, W, 3) uint8, None without eval prompts."""
         if not self.eval_prompts:
-            return {}
+            return {}, None
         e = self.params.eval
         self.policy.eval()
         ctx = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
@@ -301,19 +307,19 @@ class Trainer:
             result = evaluate(self.policy, self.eval_prompts, self.reward, num_steps=e.num_steps,
                               samples_per_prompt=e.samples_per_prompt, seed=e.seed, shift=self.params.sampler.shift,
                               batch_size=e.batch_size, progress=self.progress)
-        self.last_eval_images = result.pop("images")
-        return result
+        images = result.pop("images")
+        return result, images
 
-    def _finish_round(self, record: dict[str, Any]) -> None:
-        self.history.append({k: v for k, v in record.items() if k not in ("per_prompt",)})
-        atomic_write_json(self.out_dir / "rounds" / f"round-{record['round']:04d}.json", record)
+    def _finish_round(self, record: RoundRecord) -> None:
+        self.history.append(record)
+        atomic_write_json(self.out_dir / "rounds" / f"round-{record.round:04d}.json", record.to_json())
         for cb in self.callbacks:
             cb(record)
         t = self.params.train
         if self.round % t.save_every == 0 or self.round == t.rounds:
             self.save()
-        ev = record.get("eval", {})
-        log.info("round %d: reward %.3f nfe %d%s", record["round"], record["reward_mean"], self.nfe,
+        ev = record.eval or {}
+        log.info("round %d: reward %.3f nfe %d%s", record.round, record.reward_mean, self.nfe,
                  f" eval strict {ev['strict']:.3f}" if "strict" in ev else "")
 
     # ----- persistence -----------------------------------------------------------------------
@@ -352,8 +358,7 @@ class Trainer:
         for r in range(self.round):
             path = self.out_dir / "rounds" / f"round-{r:04d}.json"
             if path.is_file():
-                rec = json.loads(path.read_text(encoding="utf-8"))
-                self.history.append({k: v for k, v in rec.items() if k != "per_prompt"})
+                self.history.append(RoundRecord.from_json(json.loads(path.read_text(encoding="utf-8"))))
         log.info("resumed %s at round %d", self.out_dir, self.round)
 
 

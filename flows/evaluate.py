@@ -20,12 +20,12 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from aegpo.checkpoint import CheckpointError, read_manifest
-from aegpo.config import Params, load_params
+from aegpo.config import Params, load_params, params_from_dict
 from aegpo.io_utils import atomic_write_json
 from aegpo.round_io import RunStore
 from aegpo.storage import Storage, open_storage
 from flows._prefect import publish_markdown, run_logger
-from flows.spec import read_prompts, resolve
+from flows.spec import params_file, read_prompts, resolve
 from flows.tasks import IO_RETRIES
 from flows.tracking import Tracker, check_tracking, default_tracking_uri
 
@@ -38,6 +38,7 @@ class EvalSpec(BaseModel):
     project_dir: str
     params_path: str | None
     overrides: tuple[str, ...] = ()
+    values: dict[str, Any]  # the validated params, parsed once when the evaluation was prepared
     checkpoint: str  # a local folder (absolute) or a store key
     stored: bool  # whether `checkpoint` is a store key
     storage_uri: str | None = None
@@ -45,7 +46,7 @@ class EvalSpec(BaseModel):
     experiment: str = "aegpo"
 
     def params(self) -> Params:
-        return load_params(self.params_path, list(self.overrides))
+        return params_from_dict(self.values, "evaluation manifest")
 
     @property
     def project(self) -> Path:
@@ -57,9 +58,7 @@ def prepare_eval(checkpoint: str | None, params_path: str | None = "params.yaml"
                  experiment: str = "aegpo") -> EvalSpec:
     """Validate params, eval prompts, the checkpoint, the store and the tracking server."""
     project = Path(project_dir).resolve()
-    path = None if params_path is None else resolve(project, params_path)
-    if path is not None and params_path == "params.yaml" and not path.is_file():
-        path = None
+    path = params_file(project, params_path)
     params = load_params(path, list(overrides))
     read_prompts(params, project, "eval")
     storage = open_storage(storage_uri, project)
@@ -77,7 +76,7 @@ def prepare_eval(checkpoint: str | None, params_path: str | None = "params.yaml"
     tracking = tracking_uri or default_tracking_uri(project)
     check_tracking(tracking)
     return EvalSpec(project_dir=str(project), params_path=None if path is None else str(path), overrides=tuple(overrides),
-                    checkpoint=target, stored=stored, storage_uri=storage_uri, tracking_uri=tracking, experiment=experiment)
+                    values=params.model_dump(mode="json"), checkpoint=target, stored=stored, storage_uri=storage_uri, tracking_uri=tracking, experiment=experiment)
 
 
 def _local_checkpoint(spec: EvalSpec, storage: Storage) -> Path:
@@ -123,7 +122,7 @@ def _reusable_eval(spec: EvalSpec, params: Params, meta: dict[str, Any], storage
     return result, grid_tiles(grid, n, (grid.shape[0] // -(-n // cols), grid.shape[1] // cols))
 
 
-@task(name="evaluate-checkpoint", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="evaluate-checkpoint", task_run_name="evaluate-checkpoint", cache_policy=NO_CACHE, **IO_RETRIES)
 def evaluate_checkpoint(spec: EvalSpec, label: str, reuse: bool = True) -> dict[str, Any]:
     """Evaluate the checkpoint; store rows and images; log an MLflow (child) run."""
     from aegpo.checkpoint import load_policy

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from aegpo.checkpoint import CheckpointError, read_manifest
-from aegpo.config import Params, load_params
+from aegpo.config import BUILTIN, Params, apply_overrides, load_params, params_from_dict
 from aegpo.prompt_files import read_prompt_file
 from aegpo.round_io import run_fingerprint, run_name
 from aegpo.storage import StorageSettings, open_storage
@@ -28,8 +28,9 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     project_dir: str  # absolute; relative paths in params.yaml resolve against it
-    params_path: str | None  # absolute, or None for the built-in defaults
+    params_path: str | None  # absolute, or None for the built-in defaults (where they were read from)
     overrides: tuple[str, ...] = ()
+    values: dict[str, Any]  # the validated params (file + overrides), parsed once when the run was prepared
     run_dir: str  # the Trainer's train.out_dir, relative to project_dir
     run_name: str
     fingerprint: str
@@ -42,8 +43,9 @@ class RunSpec(BaseModel):
     media_every: int = 5  # MLflow Entropy(t) plot and sample grid every N rounds
 
     def params(self) -> Params:
-        """params.yaml + overrides, with train.out_dir pointing at this run's folder."""
-        return load_params(self.params_path, [*self.overrides, f"train.out_dir={self.run_dir}"])
+        """The params parsed when the run was prepared (an edit of params.yaml since then does not leak into
+        the run, whose fingerprint names them), with train.out_dir pointing at this run's folder."""
+        return params_from_dict(apply_overrides(self.values, [f"train.out_dir={self.run_dir}"]), "run manifest")
 
     @property
     def project(self) -> Path:
@@ -62,6 +64,13 @@ class RunSpec(BaseModel):
 def resolve(project: Path, path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else project / p
+
+
+def params_file(project: Path, params_path: str | None) -> Path | None:
+    """The params file to read, resolved against the project; None for the built-in defaults (`builtin`)."""
+    if params_path is None or params_path == BUILTIN:
+        return None
+    return resolve(project, params_path)
 
 
 def read_prompts(params: Params, project: Path, which: str = "train") -> list[str]:
@@ -93,11 +102,7 @@ def prepare_run(params_path: str | None = "params.yaml", overrides: list[str] | 
                 need_eval_prompts: bool = True, need_tracking: bool = True) -> RunSpec:
     """Validate everything a run reads and every service it talks to; return its RunSpec."""
     project = Path(project_dir).resolve()
-    path = None
-    if params_path is not None:
-        path = resolve(project, params_path)
-        if params_path == "params.yaml" and not path.is_file():
-            path = None  # no params.yaml in the project: the built-in defaults
+    path = params_file(project, params_path)
     params = load_params(path, list(overrides))
     read_prompts(params, project, "train")
     if need_eval_prompts:
@@ -117,7 +122,7 @@ def prepare_run(params_path: str | None = "params.yaml", overrides: list[str] | 
     if need_tracking:
         check_tracking(tracking)
     return RunSpec(project_dir=str(project), params_path=None if path is None else str(path),
-                   overrides=tuple(overrides), run_dir=folder, run_name=name, fingerprint=run_fingerprint(params),
+                   overrides=tuple(overrides), values=params.model_dump(mode="json"), run_dir=folder, run_name=name, fingerprint=run_fingerprint(params),
                    strategy=params.train.strategy, storage_uri=uri or None, tracking_uri=tracking,
                    experiment=experiment, media_every=media_every or params.train.eval_every or 5)
 

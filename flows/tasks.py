@@ -28,9 +28,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from aegpo.profile import ProbeSpec, cache_key
+from aegpo.record import RoundRecord
 from aegpo.storage import StorageError, open_storage
 from aegpo.tables import PROFILE_SCHEMA, from_parquet_bytes
 from flows._prefect import publish_markdown, publish_table, retry_on_io, run_logger
+from flows.progress import step_logger
 from flows.session import mutating, session_for
 from flows.spec import RunSpec, read_prompts, resolve
 from flows.tracking import Tracker, allocation_table
@@ -86,8 +88,11 @@ def profile_base_entropy(spec: RunSpec) -> dict[str, Any]:
     recorder = EntropyRecorder.from_params(params.entropy)
     recorder.install(policy)
     prompts = read_prompts(params, spec.project, "train")
+    log = run_logger()
+    log.info("base-entropy profile: probing %d prompts (one ODE trajectory each)", len(prompts))
+    progress = step_logger("base-entropy profile", "prompts", log.info)
     _, path, _ = load_or_compute_base_profile(policy, base_ref["manifest_sha256"], prompts, ProbeSpec.from_params(params),
-                                              recorder, spec.project / params.aegpo.cache_dir)
+                                              recorder, spec.project / params.aegpo.cache_dir, progress=progress)
     data = path.read_bytes()
     local = storage.local_path(store_key)
     obj = storage.describe_object(store_key, data) if local == path.resolve() else storage.put_bytes(store_key, data)
@@ -108,14 +113,15 @@ def _trainer_at(spec: RunSpec, round_idx: int):
     return session
 
 
-@task(name="run-state", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="run-state", task_run_name="run-state", cache_policy=NO_CACHE, **IO_RETRIES)
 def run_state(spec: RunSpec) -> dict[str, Any]:
     """Where the run stands (building its session resumes it from the saved state)."""
     t = session_for(spec).trainer
     return {"round": t.round, "nfe": t.nfe, "rounds": t.params.train.rounds, "base_eval_due": t.base_eval_due()}
 
 
-@task(name="generate-rollouts", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="generate-rollouts", task_run_name="generate-rollouts-r{round_idx:04d}", cache_policy=NO_CACHE,
+      **IO_RETRIES)
 def generate_rollouts(spec: RunSpec, round_idx: int) -> dict[str, Any]:
     """Plan the round (group sizes, explored steps) and sample it; stores transitions and images."""
     session = _trainer_at(spec, round_idx)
@@ -129,7 +135,8 @@ def generate_rollouts(spec: RunSpec, round_idx: int) -> dict[str, Any]:
             **{k: v.as_dict() for k, v in objs.items()}}
 
 
-@task(name="score-rewards", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="score-rewards", task_run_name="score-rewards-r{rollouts[round]:04d}", cache_policy=NO_CACHE,
+      **IO_RETRIES)
 def score_rewards(spec: RunSpec, rollouts: dict[str, Any]) -> dict[str, Any]:
     """Score the stored images and compute group advantages; stores rewards and the rollouts table."""
     r = rollouts["round"]
@@ -142,7 +149,8 @@ def score_rewards(spec: RunSpec, rollouts: dict[str, Any]) -> dict[str, Any]:
             "times": dict(work.times), **{k: v.as_dict() for k, v in objs.items()}}
 
 
-@task(name="update-policy", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="update-policy", task_run_name="update-policy-r{rollouts[round]:04d}", cache_policy=NO_CACHE,
+      **IO_RETRIES)
 def update_policy(spec: RunSpec, rollouts: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     """The clipped policy-gradient update on the stored transitions and advantages."""
     r = rollouts["round"]
@@ -157,17 +165,16 @@ def update_policy(spec: RunSpec, rollouts: dict[str, Any], scores: dict[str, Any
     return {"round": r, "stats": dict(work.stats), "eval_due": t.eval_due(r + 1)}
 
 
-@task(name="evaluate-policy", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="evaluate-policy", task_run_name="evaluate-policy-{label}", cache_policy=NO_CACHE, **IO_RETRIES)
 def evaluate_policy(spec: RunSpec, label: str, rounds_done: int) -> dict[str, Any]:
     """Evaluate the current policy on the eval prompts (fixed seeds); `label` "base" before round 0."""
     session = session_for(spec)
     t = session.trainer
     t0 = time.perf_counter()
-    result = t.evaluate_base() if label == "base" else t.evaluate()
+    result, images = t.evaluate_base() if label == "base" else t.evaluate_with_images()
     seconds = time.perf_counter() - t0
     if rounds_done - 1 in session.pending:
         session.pending[rounds_done - 1].times["eval"] = seconds
-    images = getattr(t, "last_eval_images", None)
     objs = session.store.save_eval(label, result, images)
     if spec.mlflow_run_id:
         tracker = Tracker(spec.tracking_uri, spec.experiment)
@@ -178,7 +185,7 @@ def evaluate_policy(spec: RunSpec, label: str, rounds_done: int) -> dict[str, An
             **{k: v.as_dict() for k, v in objs.items()}}
 
 
-@task(name="finish-round", cache_policy=NO_CACHE)
+@task(name="finish-round", task_run_name="finish-round-r{round_idx:04d}", cache_policy=NO_CACHE)
 def finish_round(spec: RunSpec, round_idx: int, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """End the round: NFE, record, MLflow and Prefect artifacts, then the resumable state (in that order)."""
     session = session_for(spec)
@@ -204,7 +211,7 @@ def finish_round(spec: RunSpec, round_idx: int, evaluation: dict[str, Any] | Non
         session.store.drop_transitions(round_idx)
     except (OSError, StorageError) as err:  # only space is at stake: the round is complete and saved
         run_logger().warning("round %d: could not remove its transitions: %s", round_idx, err)
-    return {"round": round_idx, "nfe": record["nfe"], "reward_mean": record["reward_mean"],
+    return {"round": round_idx, "nfe": record.nfe, "reward_mean": record.reward_mean,
             "eval": (evaluation or {}).get("metrics")}
 
 
@@ -218,8 +225,8 @@ class _RoundPublisher:
     def __init__(self, spec: RunSpec, session) -> None:
         self.spec, self.session = spec, session
 
-    def __call__(self, record: dict[str, Any]) -> None:
-        r, spec = record["round"], self.spec
+    def __call__(self, record: RoundRecord) -> None:
+        r, spec = record.round, self.spec
         media = spec.media_every > 0 and (r + 1) % spec.media_every == 0
         if spec.mlflow_run_id:
             images = None
@@ -232,14 +239,13 @@ class _RoundPublisher:
         publish_allocation(record, f"ΔEntropy and rollouts per prompt, round {r} of {spec.run_name}")
 
 
-def round_summary_markdown(spec: RunSpec, record: dict[str, Any]) -> str:
-    ev = record.get("eval") or {}
-    plan = record.get("plan") or {}
-    lines = [f"### {spec.run_name}: round {record['round']}", "", "| metric | value |", "|---|---|",
-             f"| reward mean ± std | {record['reward_mean']:.4f} ± {record['reward_std']:.4f} |",
-             f"| samples | {record['num_samples']} |", f"| cumulative NFE | {record['nfe']} |",
-             f"| loss / clip fraction / KL | {record.get('loss', 0):.4g} / {record.get('clip_frac', 0):.3f} / "
-             f"{record.get('kl', 0):.3g} |"]
+def round_summary_markdown(spec: RunSpec, record: RoundRecord) -> str:
+    ev = record.eval or {}
+    plan, u = record.plan, record.update
+    lines = [f"### {spec.run_name}: round {record.round}", "", "| metric | value |", "|---|---|",
+             f"| reward mean ± std | {record.reward_mean:.4f} ± {record.reward_std:.4f} |",
+             f"| samples | {record.num_samples} |", f"| cumulative NFE | {record.nfe} |",
+             f"| loss / clip fraction / KL | {u.loss:.4g} / {u.clip_frac:.3f} / {u.kl:.3g} |"]
     if plan.get("group_sizes"):
         g = plan["group_sizes"]
         lines.append(f"| group sizes (min/max) | {min(g)} / {max(g)} |")
@@ -249,7 +255,7 @@ def round_summary_markdown(spec: RunSpec, record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@task(name="sync-run", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="sync-run", task_run_name="sync-run-r{round_idx:04d}", cache_policy=NO_CACHE, **IO_RETRIES)
 def sync_run(spec: RunSpec, round_idx: int) -> dict[str, Any]:
     """Copy the saved state, checkpoint and round record to a remote store (no-op for the local one)."""
     session = session_for(spec)
@@ -267,7 +273,7 @@ def sync_run(spec: RunSpec, round_idx: int) -> dict[str, Any]:
             "checkpoint": (checkpoint or {}).get("version")}
 
 
-def publish_allocation(record: dict[str, Any], description: str) -> None:
+def publish_allocation(record: RoundRecord, description: str) -> None:
     """The round's per-prompt ΔEntropy and allocation as the Prefect table artifact `aegpo-entropy-allocation`."""
     table = allocation_table(record)
     publish_table("aegpo-entropy-allocation", [dict(zip(table, row)) for row in zip(*table.values())], description)

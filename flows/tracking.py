@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from aegpo.record import UPDATE_KEYS, RoundRecord
+
 log = logging.getLogger("aegpo.flows.tracking")
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -77,57 +79,52 @@ def _stats(prefix: str, values: list[float] | None) -> dict[str, float]:
             f"{prefix}_min": float(arr.min()), f"{prefix}_max": float(arr.max())}
 
 
-POLICY_KEYS = ("loss", "policy_loss", "clip_frac", "kl", "approx_kl", "grad_norm", "ratio_mean", "first_ratio_dev",
-               "trained_transitions")
-
-
-def round_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of one round record (aegpo.trainer), by metric name."""
-    plan = record.get("plan") or {}
-    m: dict[str, float] = {"reward/mean": record["reward_mean"], "reward/std": record["reward_std"],
-                           "advantage/abs_mean": record.get("adv_abs_mean", 0.0)}
-    m.update({f"reward/{k[len('reward_'):]}": v for k, v in record.items()
-              if k.startswith("reward_") and k not in ("reward_mean", "reward_std") and isinstance(v, (int, float))})
-    m.update({f"policy/{k}": record[k] for k in POLICY_KEYS if k in record})
+def round_metrics(record: RoundRecord) -> dict[str, float]:
+    """The MLflow metrics of one round record (aegpo.record), by metric name."""
+    plan = record.plan
+    m: dict[str, float] = {"reward/mean": record.reward_mean, "reward/std": record.reward_std,
+                           "advantage/abs_mean": record.adv_abs_mean}
+    m.update({f"reward/{k}": v for k, v in record.reward_parts.items() if isinstance(v, (int, float))})
+    m.update({f"policy/{k}": getattr(record.update, k) for k in UPDATE_KEYS})
     m.update({f"entropy/{k}": v for k, v in _stats("delta", plan.get("delta_entropy")).items()})
     if plan.get("current_entropy"):
         m["entropy/current_mean"] = float(np.mean(plan["current_entropy"]))
     if plan.get("base_entropy"):
         m["entropy/base_mean"] = float(np.mean(plan["base_entropy"]))
-    if record.get("entropy_t"):
-        m["entropy/rollout_mean"] = float(np.mean(record["entropy_t"]))
-    sizes = plan.get("group_sizes") or [p["group_size"] for p in record.get("per_prompt", [])]
+    if record.entropy_t:
+        m["entropy/rollout_mean"] = float(np.mean(record.entropy_t))
+    sizes = record.group_sizes
     m.update({f"group_size/{k.split('_', 1)[1]}": v for k, v in _stats("g", sizes).items()})
     chosen = [s for row in plan.get("chosen_steps") or [] for s in row]
     if chosen:
         m["steps/chosen_mean"] = float(np.mean(chosen))
-    m["steps/sde_per_sample"] = record.get("sde_steps_per_sample", 0.0)
-    m["steps/train_per_sample"] = record.get("train_steps_per_sample", 0.0)
-    m["nfe/cumulative"] = record["nfe"]
-    m["nfe/rollout"] = record.get("rollout_nfe", 0)
-    m["nfe/probe"] = record.get("probe_nfe", 0)
-    m.update({f"time/{k[len('seconds_'):]}_s": v for k, v in record.items() if k.startswith("seconds_")})
+    m["steps/sde_per_sample"] = record.sde_steps_per_sample
+    m["steps/train_per_sample"] = record.train_steps_per_sample
+    m["nfe/cumulative"] = record.nfe
+    m["nfe/rollout"] = record.rollout_nfe
+    m["nfe/probe"] = record.probe_nfe
+    m.update({f"time/{k}_s": v for k, v in record.seconds.items()})
     return {k: float(v) for k, v in m.items() if v is not None and np.isfinite(float(v))}
 
 
-def allocation_table(record: dict[str, Any]) -> dict[str, list]:
+def allocation_table(record: RoundRecord) -> dict[str, list]:
     """Per-prompt ΔEntropy and allocation of one round (columns of equal length)."""
-    plan = record.get("plan") or {}
-    pp = record.get("per_prompt", [])
+    plan = record.plan
+    pp = record.per_prompt
     n = len(pp)
 
     def col(name: str) -> list:
         values = plan.get(name)
         return list(values) if values is not None and len(values) == n else [None] * n
 
-    return {"round": [record["round"]] * n, "prompt_id": [p["prompt_id"] for p in pp], "prompt": [p["prompt"] for p in pp],
+    return {"round": [record.round] * n, "prompt_id": [p.prompt_id for p in pp], "prompt": [p.prompt for p in pp],
             "delta_entropy": col("delta_entropy"), "base_entropy": col("base_entropy"),
-            "current_entropy": col("current_entropy"), "group_size": [p["group_size"] for p in pp],
+            "current_entropy": col("current_entropy"), "group_size": [p.group_size for p in pp],
             "chosen_steps": [" ".join(map(str, s)) for s in col("chosen_steps")] if plan.get("chosen_steps") else [""] * n,
-            "reward_mean": [p["reward_mean"] for p in pp], "reward_std": [p["reward_std"] for p in pp]}
+            "reward_mean": [p.reward_mean for p in pp], "reward_std": [p.reward_std for p in pp]}
 
 
-def entropy_figure(record: dict[str, Any]):
+def entropy_figure(record: RoundRecord):
     """Matplotlib figure: the round's Entropy(t) (rollouts, and the probe when there was one)."""
     import matplotlib
 
@@ -136,12 +133,12 @@ def entropy_figure(record: dict[str, Any]):
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     for key, label in (("entropy_t", "rollouts"), ("probe_entropy_t", "probe (ODE)")):
-        values = record.get(key) if key == "entropy_t" else (record.get("plan") or {}).get(key)
+        values = record.entropy_t if key == "entropy_t" else record.plan.get(key)
         if values:
             ax.plot(range(len(values)), values, marker="o", label=label)
     ax.set_xlabel("denoising step t")
     ax.set_ylabel("attention entropy (nats)")
-    ax.set_title(f"Entropy(t), round {record['round']}")
+    ax.set_title(f"Entropy(t), round {record.round}")
     ax.legend()
     fig.tight_layout()
     return fig
@@ -207,11 +204,11 @@ class Tracker:
         for start in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[start:start + 1000])
 
-    def log_round(self, run_id: str, record: dict[str, Any], images: np.ndarray | None = None,
+    def log_round(self, run_id: str, record: RoundRecord, images: np.ndarray | None = None,
                   media: bool = False) -> None:
         """Per-round metrics (step = round), the allocation table, and with `media` the Entropy(t) plot and
         `images` (a batch (N, H, W, 3) or an image grid (H, W, 3)) as the `rollout-samples` image at this step."""
-        r = record["round"]
+        r = record.round
         self.log_metrics(run_id, round_metrics(record), step=r)
         self.client.log_table(run_id, allocation_table(record), f"tables/allocation/round-{r:04d}.json")
         if media:

@@ -27,10 +27,21 @@ from aegpo.reports import load_records, write_reports
 from aegpo.storage import open_storage
 from aegpo.strategies.registry import strategy_class
 from flows._prefect import flow_run_id, publish_markdown, run_logger
+from flows.progress import RoundProgress
 from flows.session import drop_session, session_for
 from flows.spec import RunSpec, artifact_location, prepare_run, resolve, run_tags
-from flows.tasks import (evaluate_policy, finish_round, generate_rollouts, profile_base_entropy, profile_key,
-                         publish_allocation, run_state, score_rewards, sync_run, update_policy)
+from flows.tasks import (
+    evaluate_policy,
+    finish_round,
+    generate_rollouts,
+    profile_base_entropy,
+    profile_key,
+    publish_allocation,
+    run_state,
+    score_rewards,
+    sync_run,
+    update_policy,
+)
 from flows.tracking import Tracker
 
 
@@ -56,7 +67,7 @@ def train_round(spec: RunSpec, round_idx: int) -> dict[str, Any]:
     return result
 
 
-@task(name="finalize-run", cache_policy=NO_CACHE)
+@task(name="finalize-run", task_run_name="finalize-run", cache_policy=NO_CACHE)
 def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None) -> dict[str, Any]:
     """Reports, exported checkpoint and rollouts, the final MLflow artifact and Prefect summary."""
     session = session_for(spec)
@@ -77,7 +88,7 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
         tracker.log_checkpoint(spec.mlflow_run_id, checkpoint)
         tracker.finish(spec.mlflow_run_id)
     records = load_records(run_path)
-    last_eval = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
+    last_eval = next((r.eval for r in reversed(records) if r.eval), None)
     base = t.base_eval
     summary = {"run_name": spec.run_name, "run_dir": spec.run_dir, "rounds": t.round, "nfe": t.nfe,
                "strategy": spec.strategy, "mlflow_run_id": spec.mlflow_run_id, "checkpoint": str(checkpoint),
@@ -141,8 +152,11 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
             log.info("resuming %s at round %d of %d", spec.run_dir, state["round"], state["rounds"])
         if state["base_eval_due"]:
             evaluate_policy(spec, "base", 0)
+        progress = RoundProgress(state["round"], state["rounds"])
         for r in range(state["round"], state["rounds"]):
-            train_round(spec, r)
+            result = train_round(spec, r)
+            log.info(progress.line(r, result.get("reward_mean", float("nan")), result.get("nfe", 0),
+                                   result.get("eval")))
         return finalize_run(spec, export_dir, reports_dir)
     except BaseException:
         tracker.finish(run_id, "FAILED")

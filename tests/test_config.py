@@ -3,15 +3,47 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aegpo.config import Params, ParamsError, apply_overrides, flatten, load_params, parse_override
+from aegpo.cli import main
+from aegpo.config import (
+    BUILTIN,
+    SHIPPED_DIFFERENCES,
+    Params,
+    ParamsError,
+    apply_overrides,
+    flatten,
+    load_params,
+    parse_override,
+    shipped_differences,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_and_project_params_load():
-    assert isinstance(load_params(None), Params)
+    assert load_params(None) == load_params(BUILTIN) == Params()
     p = load_params(ROOT / "params.yaml")
     assert p.train.group_size >= 2
+
+
+def test_shipped_params_depart_from_the_defaults_only_where_listed():
+    differences = shipped_differences(load_params(ROOT / "params.yaml"))
+    unlisted = {k: v for k, v in differences.items() if k not in SHIPPED_DIFFERENCES}
+    assert not unlisted, f"params.yaml departs from aegpo/config.py's defaults (code, shipped): {unlisted}; " \
+                         "change one of them or list the key with its reason in SHIPPED_DIFFERENCES"
+    stale = set(SHIPPED_DIFFERENCES) - set(differences)
+    assert not stale, f"SHIPPED_DIFFERENCES lists keys that no longer differ: {sorted(stale)}"
+    assert all(len(reason) > 20 for reason in SHIPPED_DIFFERENCES.values())
+
+
+def test_a_missing_params_file_is_an_error_unless_builtin_is_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "params file params.yaml does not exist" in err and "--params builtin" in err
+    assert not out.exists()
+    with pytest.raises(ParamsError, match="missing.yaml does not exist"):
+        load_params(tmp_path / "missing.yaml")
 
 
 def test_every_field_has_a_description():
@@ -32,7 +64,7 @@ def test_override_grammar_matches_dvc_exp_run_S():
     assert parse_override("sampler.same_noise=true") == (["sampler", "same_noise"], True)
     raw = apply_overrides({"train": {"rounds": 1}}, ["train.rounds=7", "model.lora.rank=4"])
     assert raw == {"train": {"rounds": 7}, "model": {"lora": {"rank": 4}}}
-    p = load_params(None, ["train.rounds=7", "model.lora.rank=4", "train.optim.lr=0.001"])
+    p = load_params(ROOT / "params.yaml", ["train.rounds=7", "model.lora.rank=4", "train.optim.lr=0.001"])
     assert (p.train.rounds, p.model.lora.rank, p.train.optim.lr) == (7, 4, 0.001)
 
 
@@ -46,17 +78,16 @@ def test_override_grammar_matches_dvc_exp_run_S():
         ("train.timestep_fraction=1.5", "train.timestep_fraction"),
         ("sampler.sde=euler", "sampler.sde"),
         ("sampler.num_steps=1", "sampler.num_steps"),
-        ("train.timestep_fraction=0.05", "train.timestep_fraction"),
         ("entropy.keys=image", "entropy.keys"),
         ("sampler.sde=cps", None),
     ],
 )
 def test_bad_values_fail_at_load_naming_the_key(override, message):
     if message is None:  # a valid override for contrast
-        load_params(None, [override])
+        load_params(ROOT / "params.yaml", [override])
         return
     with pytest.raises(ParamsError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        load_params(None, [override])
+        load_params(ROOT / "params.yaml", [override])
 
 
 def test_bad_files_and_override_syntax(tmp_path):
@@ -87,3 +118,24 @@ def test_flatten_covers_every_leaf_of_params_yaml():
 
     flat = flatten(load_params(ROOT / "params.yaml"))
     assert set(leaves(raw)) <= set(flat)
+
+
+@pytest.mark.parametrize("strategy", ["grpo", "aegpo_global"])
+def test_a_timestep_fraction_of_zero_steps_fails_where_the_strategy_uses_it(strategy):
+    with pytest.raises(ParamsError, match=r"train\.timestep_fraction: 0\.05 of 9 trainable steps is zero"):
+        load_params(ROOT / "params.yaml", [f"train.strategy={strategy}", "train.timestep_fraction=0.05"])
+    # aegpo and aegpo_local train their chosen steps, not a fraction: the same value is no error there
+    assert load_params(ROOT / "params.yaml", ["train.timestep_fraction=0.05"]).train.strategy == "aegpo"
+
+
+def test_each_strategy_validates_what_it_reads():
+    root = ROOT / "params.yaml"
+    with pytest.raises(ParamsError, match="train.strategy aegpo_local reads attention entropy"):
+        load_params(root, ["train.strategy=aegpo_local", "entropy.record=false"])
+    assert load_params(root, ["train.strategy=grpo", "entropy.record=false"]).entropy.record is False
+    with pytest.raises(ParamsError, match=r"mixgrpo\.window: 9 > 4 explorable steps"):
+        load_params(root, ["train.strategy=mixgrpo", "sampler.num_steps=5", "mixgrpo.window=9"])
+    with pytest.raises(ParamsError, match=r"aegpo\.peaks_k: 5 steps cannot be chosen among the 4"):
+        load_params(root, ["train.strategy=random_k", "sampler.num_steps=5", "aegpo.peaks_k=5"])
+    with pytest.raises(ParamsError, match="unknown strategy 'ppo'"):
+        load_params(root, ["train.strategy=ppo"])

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from aegpo_testing import shipped_params
 
-from aegpo.config import ParamsError, load_params
+from aegpo.config import ParamsError
 from aegpo.peaks import select_steps
 
 
@@ -36,9 +37,9 @@ def test_impossible_k_is_an_error_and_caught_at_config_load():
     with pytest.raises(ValueError, match="cannot choose"):
         select_steps(np.zeros((1, 4)), 4, "topk")
     with pytest.raises(ParamsError, match="aegpo.peaks_k"):
-        load_params(None, ["train.strategy=aegpo", "sampler.num_steps=4", "aegpo.peaks_k=4"])
+        shipped_params(["train.strategy=aegpo", "sampler.num_steps=4", "aegpo.peaks_k=4"])
     with pytest.raises(ParamsError, match="min_spacing"):
-        load_params(None, ["train.strategy=aegpo_local", "aegpo.peak_rule=peaks", "aegpo.min_spacing=4", "aegpo.peaks_k=4"])
+        shipped_params(["train.strategy=aegpo_local", "aegpo.peak_rule=peaks", "aegpo.min_spacing=4", "aegpo.peaks_k=4"])
     with pytest.raises(ValueError, match="NaN"):
         select_steps(np.array([[0.1, np.nan, 0.2]]), 1)
 
@@ -51,4 +52,4 @@ def test_low_direction_picks_troughs_and_still_skips_the_last_step():
     with pytest.raises(ValueError, match="aegpo.peak_direction"):
         select_steps(e, 1, direction="sideways")
     with pytest.raises(ParamsError, match="aegpo.peak_direction"):
-        load_params(None, ["aegpo.peak_direction=sideways"])
+        shipped_params(["aegpo.peak_direction=sideways"])

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from aegpo_testing import shipped_params
 
-from aegpo.config import load_params
 from aegpo.profile import EntropyProfile
 from aegpo.strategies.base import RoundContext
 from aegpo.strategies.registry import STRATEGIES, build_strategy
@@ -14,7 +14,7 @@ EVAL = ["a blue circle", "two red triangles"]
 
 
 def _params(tiny_base, tmp_path, strategy, *extra):
-    return load_params(None, [
+    return shipped_params([
         f"model.checkpoint={tiny_base}", f"train.out_dir={tmp_path / strategy}", f"train.strategy={strategy}",
         "train.rounds=1", "train.prompts_per_round=3", "train.group_size=3", "sampler.num_steps=5",
         "eval.num_steps=2", "train.eval_base=false", "model.lora.rank=2", "entropy.layers=[0, 1]",
@@ -25,17 +25,17 @@ def _params(tiny_base, tmp_path, strategy, *extra):
 def test_each_strategy_runs_one_round(tiny_base, tmp_path, strategy):
     trainer = Trainer(_params(tiny_base, tmp_path, strategy), TRAIN, EVAL, progress=False)
     record = trainer.run_round()
-    assert sum(p["group_size"] for p in record["per_prompt"]) == 9  # budget = 3 prompts × 3
-    assert record["first_ratio_dev"] < 1e-5 and np.isfinite(record["loss"])
+    assert sum(p.group_size for p in record.per_prompt) == 9  # budget = 3 prompts × 3
+    assert record.update.first_ratio_dev < 1e-5 and np.isfinite(record.update.loss)
     steps = {"grpo": (4, 2), "flow_grpo": (4, 4), "mixgrpo": (2, 2), "random_k": (2, 2),
              "aegpo_global": (4, 2), "aegpo_local": (2, 2), "aegpo": (2, 2)}[strategy]
-    assert (record["sde_steps_per_sample"], record["train_steps_per_sample"]) == steps
+    assert (record.sde_steps_per_sample, record.train_steps_per_sample) == steps
     if strategy in ("aegpo", "aegpo_local", "aegpo_global"):
-        assert record["probe_nfe"] == 3 * 5 and "base_entropy" in record["plan"]
+        assert record.probe_nfe == 3 * 5 and "base_entropy" in record.plan
     if strategy in ("aegpo", "aegpo_local"):
-        assert all(len(s) == 2 and max(s) < 4 for s in record["plan"]["chosen_steps"])
+        assert all(len(s) == 2 and max(s) < 4 for s in record.plan["chosen_steps"])
     if strategy in ("aegpo", "aegpo_global"):
-        assert len(record["plan"]["delta_entropy"]) == 3 and max(record["plan"]["delta_entropy"]) < 1e-5  # round 0: policy = base
+        assert len(record.plan["delta_entropy"]) == 3 and max(record.plan["delta_entropy"]) < 1e-5  # round 0: policy = base
 
 
 def test_base_profile_is_cached_and_matches_schema(tiny_base, tmp_path):
@@ -69,7 +69,8 @@ def _ctx(params, entropy, base):
 
 
 def test_aegpo_allocates_by_delta_entropy_and_explores_peaks(tiny_base, tmp_path):
-    params = _params(tiny_base, tmp_path, "aegpo", "train.group_size=6", "aegpo.high_group=8", "aegpo.low_group=4")
+    params = _params(tiny_base, tmp_path, "aegpo", "train.group_size=6", "aegpo.high_group=8", "aegpo.low_group=4",
+                     "aegpo.peak_direction=high")  # the paper's maxima (the shipped file takes the minima)
     base = [[1.0, 1.0, 1.0, 1.0, 1.0]] * 4
     current = [[1.0, 3.0, 1.0, 2.0, 9.0], [1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0], [1.1, 1.0, 1.0, 1.0, 1.0]]
     plan = build_strategy(params).plan_round(_ctx(params, current, base))

@@ -2,9 +2,10 @@ import json
 
 import pytest
 import torch
+from aegpo_testing import shipped_params
 
 from aegpo.checkpoint import load_policy, read_manifest
-from aegpo.config import load_params
+from aegpo.record import RoundRecord
 from aegpo.trainer import Trainer
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
@@ -12,7 +13,7 @@ EVAL = ["a blue circle", "two red triangles"]
 
 
 def _params(tiny_base, out, *extra):
-    return load_params(None, [
+    return shipped_params([
         f"model.checkpoint={tiny_base}", f"train.out_dir={out}", "train.rounds=2", "train.prompts_per_round=2",
         "train.group_size=3", "sampler.num_steps=4", "eval.num_steps=3", "train.eval_every=1", "train.save_every=1",
         "model.lora.rank=4", "entropy.layers=[0]", "aegpo.peaks_k=2", *extra])
@@ -26,13 +27,14 @@ def test_one_round_smoke(tiny_base, tmp_path):
     result = trainer.run()
     assert result["rounds"] == 1 and len(records) == 1
     rec = records[0]
-    assert rec["num_samples"] == 6 and rec["rollout_nfe"] == 6 * 4
-    assert rec["first_ratio_dev"] < 1e-5
-    assert len(rec["entropy_t"]) == 4 and all(e > 0 for e in rec["entropy_t"])
-    assert {"strict", "dense", "rows"} <= set(rec["eval"]) and len(rec["eval"]["rows"]) == 2
+    assert rec.num_samples == 6 and rec.rollout_nfe == 6 * 4
+    assert rec.update.first_ratio_dev < 1e-5
+    assert len(rec.entropy_t) == 4 and all(e > 0 for e in rec.entropy_t)
+    assert {"strict", "dense", "rows"} <= set(rec.eval) and len(rec.eval["rows"]) == 2
     assert 0 <= result["base_eval"]["strict"] <= 1
     saved = json.loads((tmp_path / "run" / "rounds" / "round-0000.json").read_text())
-    assert saved["reward_mean"] == pytest.approx(rec["reward_mean"])
+    assert saved["reward_mean"] == pytest.approx(rec.reward_mean)
+    assert RoundRecord.from_json(saved) == RoundRecord.from_json(rec.to_json())  # the JSON layout round-trips
     assert read_manifest(tmp_path / "run" / "checkpoint")["form"] == "lora"
     policy = load_policy(tmp_path / "run" / "checkpoint")
     assert policy.lora is not None
@@ -82,7 +84,7 @@ def test_same_noise_shares_the_initial_noise_but_not_the_trajectory(tiny_base, t
         assert torch.equal(x0[members[0]], x0[members[1]])  # one initial noise per group
         assert not torch.allclose(x1[members[0]], x1[members[1]])  # SDE noise per sample
         assert not torch.allclose(ro.final[members[0]], ro.final[members[1]])  # distinct rollouts to rank
-    assert records[0]["num_samples"] == 6
+    assert records[0].num_samples == 6
 
 
 @pytest.mark.parametrize("epochs", [1, 3])
@@ -94,4 +96,4 @@ def test_nfe_counts_every_update_pass(tiny_base, tmp_path, epochs):
     trainer.callbacks.append(records.append)
     trainer.run()
     rec = records[0]
-    assert rec["nfe"] == rec["rollout_nfe"] + rec["probe_nfe"] + epochs * rec["trained_transitions"]
+    assert rec.nfe == rec.rollout_nfe + rec.probe_nfe + epochs * rec.update.trained_transitions

@@ -70,7 +70,7 @@ def run_one(params: Params, spec: BenchSpec, out: Path, strategy: str, seed: int
         if trainer.nfe >= next_eval or finished:
             ev = trainer.evaluate()
             rows.append({"strategy": strategy, "seed": seed, "round": trainer.round, "nfe": trainer.nfe,
-                         "strict": ev["strict"], "dense": ev["dense"], "train_reward": record["reward_mean"],
+                         "strict": ev["strict"], "dense": ev["dense"], "train_reward": record.reward_mean,
                          "wall_seconds": round(time.perf_counter() - start, 2)})
             log.info("%s seed %d: round %d nfe %d strict %.3f", strategy, seed, trainer.round, trainer.nfe, ev["strict"])
             while next_eval <= trainer.nfe:

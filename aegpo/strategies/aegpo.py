@@ -23,8 +23,17 @@ import torch
 from aegpo.allocation import allocate
 from aegpo.peaks import select_steps
 from aegpo.rollout import Rollout, StepPlan
-from aegpo.strategies.base import (RoundContext, RoundPlan, Strategy, expand_groups, explore_all_steps,
-                                   random_train_steps)
+from aegpo.strategies.base import (
+    RoundContext,
+    RoundPlan,
+    Strategy,
+    expand_groups,
+    explore_all_steps,
+    random_train_steps,
+    trained_step_count,
+    validate_peaks_k,
+    validate_trained_fraction,
+)
 
 
 class AEGPOStrategy(Strategy):
@@ -32,6 +41,16 @@ class AEGPOStrategy(Strategy):
     use_global = True
     use_local = True
     needs_base_profile = True
+    needs_entropy = True
+
+    @classmethod
+    def validate_params(cls, params) -> None:
+        super().validate_params(params)
+        a = params.aegpo
+        if cls.use_local or (cls.use_global and a.delta_aggregate == "peaks"):
+            validate_peaks_k(params, a.min_spacing if a.peak_rule == "peaks" else 1)
+        if not cls.use_local:  # grpo's step rule
+            validate_trained_fraction(params)
 
     def __init__(self, params) -> None:
         super().__init__(params)
@@ -101,7 +120,7 @@ class AEGPOStrategy(Strategy):
             info["chosen_steps"] = [np.flatnonzero(row).tolist() for row in steps]
             info["entropy_at_chosen"] = [peak_source[i, row].tolist() for i, row in enumerate(steps)]
         else:
-            k = max(1, int((t - 1) * self.params.train.timestep_fraction))
+            k = trained_step_count(t, self.params.train.timestep_fraction)
             plan = StepPlan(explore_all_steps(n, t), random_train_steps(n, t, k, ctx.rng))
         if probed is not None:
             info["probe_entropy_t"] = np.nanmean(probed, 0).tolist()

@@ -59,6 +59,31 @@ def explore_all_steps(num_samples: int, num_steps: int) -> torch.Tensor:
     return sde
 
 
+def trained_step_count(num_steps: int, fraction: float) -> int:
+    """The `train.timestep_fraction` rule (DanceGRPO): ⌊(T − 1) · fraction⌋ of the T − 1 trainable steps, at
+    least one (`validate_trained_fraction` rejects a configuration where the floor is zero)."""
+    return max(1, int((num_steps - 1) * fraction))
+
+
+def validate_trained_fraction(params) -> None:
+    """ValueError naming the keys when `train.timestep_fraction` of the trainable steps rounds down to none."""
+    t, fraction = params.sampler.num_steps, params.train.timestep_fraction
+    if int((t - 1) * fraction) < 1:
+        raise ValueError(f"train.timestep_fraction: {fraction} of {t - 1} trainable steps is zero steps; "
+                         "raise it or sampler.num_steps")
+
+
+def validate_peaks_k(params, min_spacing: int = 1) -> None:
+    """ValueError naming the keys when `aegpo.peaks_k` steps cannot be chosen `min_spacing` apart among the
+    T − 1 explorable steps."""
+    from aegpo.peaks import max_selectable
+
+    k, t = params.aegpo.peaks_k, params.sampler.num_steps
+    if k > max_selectable(t, min_spacing):
+        raise ValueError(f"aegpo.peaks_k: {k} steps cannot be chosen among the {t - 1} explorable steps "
+                         f"of sampler.num_steps = {t}" + (f" with min_spacing {min_spacing}" if min_spacing > 1 else ""))
+
+
 def random_train_steps(num_samples: int, num_steps: int, k: int, rng: np.random.Generator) -> torch.Tensor:
     """(N, T) bool: k distinct random steps per sample among 0..T−2 (the last step, σ → 0, is never trained)."""
     mask = torch.zeros(num_samples, num_steps, dtype=torch.bool)
@@ -72,9 +97,17 @@ class Strategy(ABC):
 
     name: str = ""
     needs_base_profile: bool = False  # the trainer loads/computes the base-entropy profile first
+    needs_entropy: bool = False  # reads the attention entropy of rollouts/probes: entropy.record must be on
 
     def __init__(self, params) -> None:
         self.params = params
+
+    @classmethod
+    def validate_params(cls, params) -> None:
+        """Raise ValueError, naming the dotted keys, when `params` (a validated aegpo.config.Params) cannot run
+        this strategy. Called by config validation; the base checks the class attributes."""
+        if cls.needs_entropy and not params.entropy.record:
+            raise ValueError(f"train.strategy {cls.name} reads attention entropy: set entropy.record: true")
 
     @abstractmethod
     def plan_round(self, ctx: RoundContext) -> RoundPlan:

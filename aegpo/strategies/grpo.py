@@ -3,15 +3,28 @@ but the last is stochastic, and each sample trains a random `timestep_fraction` 
 
 from __future__ import annotations
 
-from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, explore_all_steps, random_train_steps
 from aegpo.rollout import StepPlan
+from aegpo.strategies.base import (
+    RoundContext,
+    RoundPlan,
+    Strategy,
+    explore_all_steps,
+    random_train_steps,
+    trained_step_count,
+    validate_trained_fraction,
+)
 
 
 class GRPOStrategy(Strategy):
     name = "grpo"
 
+    @classmethod
+    def validate_params(cls, params) -> None:
+        super().validate_params(params)
+        validate_trained_fraction(params)
+
     def plan_round(self, ctx: RoundContext) -> RoundPlan:
         sizes = self.uniform_sizes(ctx)
         n, t = sum(sizes), ctx.num_steps
-        k = max(1, int((t - 1) * self.params.train.timestep_fraction))
+        k = trained_step_count(t, self.params.train.timestep_fraction)
         return RoundPlan(sizes, StepPlan(explore_all_steps(n, t), random_train_steps(n, t, k, ctx.rng)))

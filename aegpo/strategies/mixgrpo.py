@@ -13,6 +13,13 @@ from aegpo.strategies.base import RoundContext, RoundPlan, Strategy
 class MixGRPOStrategy(Strategy):
     name = "mixgrpo"
 
+    @classmethod
+    def validate_params(cls, params) -> None:
+        super().validate_params(params)
+        t = params.sampler.num_steps
+        if params.mixgrpo.window > t - 1:
+            raise ValueError(f"mixgrpo.window: {params.mixgrpo.window} > {t - 1} explorable steps")
+
     def window_start(self, round_index: int, num_steps: int) -> int:
         w = self.params.mixgrpo.window
         positions = num_steps - 1 - w + 1  # window must stay inside steps 0 … T−2

@@ -6,18 +6,21 @@ from __future__ import annotations
 import torch
 
 from aegpo.rollout import StepPlan
-from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, expand_groups
+from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, expand_groups, random_train_steps, validate_peaks_k
 
 
 class RandomKStrategy(Strategy):
     name = "random_k"
 
+    @classmethod
+    def validate_params(cls, params) -> None:
+        super().validate_params(params)
+        validate_peaks_k(params)  # K random steps, no spacing rule
+
     def plan_round(self, ctx: RoundContext) -> RoundPlan:
         sizes = self.uniform_sizes(ctx)
         t, k = ctx.num_steps, self.params.aegpo.peaks_k
-        per_prompt = torch.zeros(len(sizes), t, dtype=torch.bool)
-        for i in range(len(sizes)):
-            per_prompt[i, ctx.rng.choice(t - 1, size=k, replace=False)] = True
+        per_prompt = random_train_steps(len(sizes), t, k, ctx.rng)  # (P, T): K of the T − 1 steps per prompt
         prompt_index, _ = expand_groups(sizes)
         mask = per_prompt[prompt_index]
         chosen = [sorted(torch.nonzero(row).squeeze(1).tolist()) for row in per_prompt]

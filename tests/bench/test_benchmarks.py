@@ -4,10 +4,10 @@ import csv
 import json
 
 import pytest
+from aegpo_testing import shipped_params
 
 from aegpo.bench.efficiency import BenchSpec, nfe_to_reach, run_efficiency, summarize, table_markdown
 from aegpo.bench.overhead import run_overhead
-from aegpo.config import load_params
 
 
 def _params(tiny_base, tmp_path):
@@ -15,7 +15,7 @@ def _params(tiny_base, tmp_path):
     prompts.write_text("a red circle\ntwo blue squares\na green triangle left of a white square\n")
     evals = tmp_path / "eval.txt"
     evals.write_text("a blue circle\ntwo red triangles\n")
-    return load_params(None, [
+    return shipped_params([
         f"model.checkpoint={tiny_base}", f"train.prompts={prompts}", f"eval.prompts={evals}",
         "train.prompts_per_round=2", "train.group_size=2", "sampler.num_steps=3", "eval.num_steps=2",
         "model.lora.rank=2", "entropy.layers=[0]", "aegpo.peaks_k=1", f"aegpo.cache_dir={tmp_path / 'cache'}"])

@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from aegpo_testing import shipped_params
+from fixtures.tiny_pipelines import save_flux, save_sd3
 
-from aegpo.config import ParamsError, load_params
+from aegpo.config import ParamsError
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.models.base import LoraSpec
 from aegpo.models.pipeline_policy import PretrainedModelError
 from aegpo.models.registry import load_base_policy
-from fixtures.tiny_pipelines import save_flux, save_sd3
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -23,8 +24,8 @@ def folders(tmp_path_factory):
 
 def load(folder, kind, *extra, project_dir="."):
     path = [f"model.pretrained.path={folder}"] if folder is not None else []
-    params = load_params(None, [f"model.kind={kind}", *path, "model.pretrained.resolution=32",
-                                "model.pretrained.max_sequence_length=8", "model.pretrained.dtype=float32", *extra])
+    params = shipped_params([f"model.kind={kind}", *path, "model.pretrained.resolution=32",
+                             "model.pretrained.max_sequence_length=8", "model.pretrained.dtype=float32", *extra])
     policy, ref = load_base_policy(params.model, project_dir)
     return policy.eval(), ref
 

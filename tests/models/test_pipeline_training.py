@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from aegpo_testing import shipped_params
+from fixtures.tiny_pipelines import save_flux, save_sd3
 
 from aegpo.checkpoint import CheckpointError, load_policy, read_manifest
-from aegpo.config import load_params
 from aegpo.strategies.registry import STRATEGIES
 from aegpo.trainer import Trainer
-from fixtures.tiny_pipelines import save_flux, save_sd3
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
 EVAL = ["a blue circle"]
@@ -24,7 +24,7 @@ def project(tmp_path_factory):
 
 
 def params(project, kind, strategy, *extra):
-    return load_params(None, [
+    return shipped_params([
         f"model.kind={kind}", f"model.pretrained.path=models/{kind}", "model.pretrained.resolution=32",
         "model.pretrained.max_sequence_length=8", "model.pretrained.dtype=float32", "model.pretrained.text_cache_dir=cache/text",
         f"train.strategy={strategy}", f"train.out_dir=runs/{kind}-{strategy}", "train.rounds=1", "train.prompts_per_round=2",
@@ -40,10 +40,10 @@ def test_one_round_of_every_strategy(project, kind, strategy):
     before = {n: p.detach().clone() for n, p in trainer.named_trainable.items()}
     result = trainer.run()
     rec = result["history"][0]
-    assert result["rounds"] == 1 and rec["num_samples"] >= 4
-    assert rec["trained_transitions"] > 0 and rec["first_ratio_dev"] < 1e-4
-    assert len(rec["entropy_t"]) == 4 and all(e > 0 for e in rec["entropy_t"])
-    assert {"reward_shapes.dense", "reward_shapes.strict", "reward_jpeg_incompressibility"} <= set(rec)
+    assert result["rounds"] == 1 and rec.num_samples >= 4
+    assert rec.update.trained_transitions > 0 and rec.update.first_ratio_dev < 1e-4
+    assert len(rec.entropy_t) == 4 and all(e > 0 for e in rec.entropy_t)
+    assert {"shapes.dense", "shapes.strict", "jpeg_incompressibility"} <= set(rec.reward_parts)
     assert any(not torch.equal(before[n], p) for n, p in trainer.named_trainable.items())  # LoRA moved
     manifest = read_manifest(project / "runs" / f"{kind}-{strategy}" / "checkpoint")
     assert manifest["form"] == "lora" and manifest["policy"]["kind"] == kind
@@ -78,5 +78,5 @@ def test_full_finetune_bf16_round(project):
                "model.pretrained.dtype=bfloat16", "model.pretrained.gradient_checkpointing=true", "train.kl_beta=0.01")
     result = Trainer(p, TRAIN, None, project_dir=project, progress=False).run()
     rec = result["history"][0]
-    assert rec["trained_transitions"] > 0 and rec["loss"] == rec["loss"]  # finite
+    assert rec.update.trained_transitions > 0 and rec.update.loss == rec.update.loss  # finite
     assert read_manifest(project / "runs" / "full-bf16" / "checkpoint")["form"] == "full"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from aegpo_testing import shipped_params
+from pipeline_helpers import EVAL_PROMPTS, TRAIN_PROMPTS
 
-from aegpo.config import load_params
 from aegpo.round_io import RunStore, grid_tiles, image_grid, run_fingerprint, run_name
 from aegpo.storage import LocalStorage
 from aegpo.tables import ROLLOUT_SCHEMA, ROUND_REWARD_SCHEMA, check_schema
 from aegpo.trainer import Trainer
-from pipeline_helpers import EVAL_PROMPTS, TRAIN_PROMPTS
 
 
 def test_image_grid_round_trip():
@@ -22,8 +22,9 @@ def test_image_grid_round_trip():
 
 
 def test_stored_round_tables(tiny_base, tmp_path):
-    params = load_params(None, [f"model.checkpoint={tiny_base}", "train.out_dir=run", "train.prompts_per_round=2",
-                                "train.group_size=3", "sampler.num_steps=4", "model.lora.rank=4", "entropy.layers=[0]"])
+    params = shipped_params([f"model.checkpoint={tiny_base}", "train.out_dir=run", "train.prompts_per_round=2",
+                             "train.group_size=3", "sampler.num_steps=4", "model.lora.rank=4", "entropy.layers=[0]",
+                             "train.strategy=grpo"])
     t = Trainer(params, TRAIN_PROMPTS, EVAL_PROMPTS, project_dir=tmp_path, progress=False)
     work = t.begin_round()
     t.sample(work)
@@ -50,8 +51,8 @@ def test_stored_round_tables(tiny_base, tmp_path):
 
 
 def test_run_names_follow_the_resume_rule():
-    base = load_params(None, [])
+    base = shipped_params([])
     assert run_name(base).startswith("grpo-")
-    same = load_params(None, ["train.rounds=99", "eval.num_steps=5", "train.out_dir=elsewhere"])
+    same = shipped_params(["train.rounds=99", "eval.num_steps=5", "train.out_dir=elsewhere"])
     assert run_fingerprint(same) == run_fingerprint(base)
-    assert run_fingerprint(load_params(None, ["train.optim.lr=0.1"])) != run_fingerprint(base)
+    assert run_fingerprint(shipped_params(["train.optim.lr=0.1"])) != run_fingerprint(base)

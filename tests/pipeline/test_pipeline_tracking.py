@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-
-from flows.tracking import Tracker, TrackingError, allocation_table, check_tracking, round_metrics
 from pipeline_helpers import free_port
 
-RECORD = {
+from aegpo.record import RoundRecord
+from flows.tracking import Tracker, TrackingError, allocation_table, check_tracking, round_metrics
+
+RECORD = RoundRecord.from_json({
     "round": 3, "nfe": 1200, "rollout_nfe": 300, "probe_nfe": 40, "reward_mean": 0.5, "reward_std": 0.1,
     "reward_dense": 0.6, "reward_strict": 0.4, "adv_abs_mean": 0.7, "num_samples": 6, "loss": 0.01, "kl": 0.0,
     "clip_frac": 0.2, "grad_norm": 1.5, "sde_steps_per_sample": 2.0, "train_steps_per_sample": 2.0,
@@ -20,7 +22,7 @@ RECORD = {
                    {"prompt": "two blue squares", "prompt_id": 9, "group_size": 2, "reward_mean": 0.5, "reward_std": 0.0}],
     "plan": {"delta_entropy": [0.3, 0.1], "base_entropy": [4.0, 4.1], "current_entropy": [4.3, 4.2],
              "group_sizes": [4, 2], "chosen_steps": [[0, 1], [1, 2]]},
-}
+})
 
 
 def test_round_metrics_cover_the_round():
@@ -31,7 +33,7 @@ def test_round_metrics_cover_the_round():
     assert m["steps/chosen_mean"] == 1.0 and m["policy/clip_frac"] == 0.2 and m["time/optimize_s"] == 2.0
     table = allocation_table(RECORD)
     assert table["delta_entropy"] == [0.3, 0.1] and table["chosen_steps"] == ["0 1", "1 2"]
-    grpo = round_metrics({**RECORD, "plan": {}})
+    grpo = round_metrics(replace(RECORD, plan={}))
     assert "entropy/delta_mean" not in grpo and grpo["group_size/max"] == 4
 
 

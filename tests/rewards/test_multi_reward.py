@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from aegpo_testing import shipped_params
+from fixtures.tiny_rewards import clip_folder
 
-from aegpo.config import load_params
 from aegpo.rewards.base import RewardResult
 from aegpo.rewards.jpeg import jpeg_kilobytes
 from aegpo.rewards.registry import REWARDS, build_reward
 from aegpo.trainer import compute_advantages
-from fixtures.tiny_rewards import clip_folder
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle", "a white square"]
 
@@ -58,7 +58,7 @@ def test_multi_advantage_aggregation_normalises_each_part():
     scored = RewardResult(np.array([0.0, 0.0, 0.0, 0.0]),
                           {"jpeg_incompressibility": np.array([100.0, 200.0, 1.0, 2.0]),
                            "shapes.dense": np.array([0.0, 1.0, 1.0, 0.0])})
-    params = load_params(None, ["reward.name=multi", "reward.weights={jpeg_incompressibility: 1.0, shapes.dense: 1.0}",
+    params = shipped_params(["reward.name=multi", "reward.weights={jpeg_incompressibility: 1.0, shapes.dense: 1.0}",
                                 "reward.aggregate=advantage", "train.std_floor=0"])
     adv = compute_advantages(scored, groups, params)
     # per part z-scores are ±1 in every group whatever the scale: [-1+-1, 1+1, -1+1, 1-1]
