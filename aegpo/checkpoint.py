@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from aegpo.io_utils import atomic_directory
 from aegpo.models.base import FlowPolicy, LoraSpec
+from aegpo.models.registry import policy_class
 
 MANIFEST = "aegpo_checkpoint.json"
 FORMAT = "aegpo-checkpoint"
@@ -54,12 +55,6 @@ def manifest_digest(directory: str | Path) -> str:
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-
-def _policy_class(kind: str) -> type[FlowPolicy]:
-    from aegpo.models.registry import policy_class
-
-    return policy_class(kind)
 
 
 def save_base(policy: FlowPolicy, directory: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -104,11 +99,11 @@ def load_policy(directory: str | Path, **policy_kwargs: Any) -> FlowPolicy:
     directory = Path(directory)
     manifest = read_manifest(directory)
     if manifest["form"] == "base":
-        cls = _policy_class(manifest["policy"]["kind"])
+        cls = policy_class(manifest["policy"]["kind"])
         return cls.load_base_files(directory, manifest, **policy_kwargs)  # type: ignore[attr-defined]
     base = manifest["base"]
     kind = manifest["policy"]["kind"]
-    cls = _policy_class(kind)
+    cls = policy_class(kind)
     if hasattr(cls, "from_base_ref"):  # pretrained (diffusers) bases know how to reload themselves
         policy = cls.from_base_ref(base, **policy_kwargs)
         return _apply_trained(policy, directory, manifest)
@@ -135,3 +130,20 @@ def _apply_trained(policy: FlowPolicy, directory: Path, manifest: dict[str, Any]
     else:
         policy.transformer.load_state_dict(state)
     return policy
+
+
+def load_base_policy(model, project_dir: str | Path = ".") -> tuple[FlowPolicy, dict]:
+    """The base policy named by `params.model`, and a reference to it for trained checkpoints.
+
+    Returns (policy, base_ref) where base_ref = {"path": absolute folder, "manifest_sha256": digest}
+    is what `aegpo.checkpoint.save_trained` records so a trained checkpoint finds and verifies its base.
+    Kinds whose base is an aegpo checkpoint folder (tiny_mmdit) load with `load_policy`; other kinds
+    implement `from_pretrained(model_params, project_dir)` and `base_ref(model_params, project_dir)`.
+    """
+    cls = policy_class(model.kind)
+    if hasattr(cls, "from_pretrained_params"):
+        policy = cls.from_pretrained_params(model, project_dir)
+        return policy, cls.base_ref(model, project_dir)
+    path = (Path(project_dir) / model.checkpoint).resolve()
+    policy = load_policy(path, guidance_scale=model.guidance_scale)
+    return policy, {"path": str(path), "manifest_sha256": manifest_digest(path)}

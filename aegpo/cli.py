@@ -5,6 +5,8 @@
     aegpo sample    --checkpoint DIR --prompt TEXT --out FILE.png
     aegpo evaluate  [--checkpoint DIR] [--prompts FILE] --out FILE.json
     aegpo score     --reward shapes --images DIR --prompts FILE --out FILE.json
+    aegpo bench     efficiency | overhead | ablations   (results with machine and settings)
+    aegpo inspect   census [--checkpoint DIR]           (where a checkpoint's eval images fail)
     aegpo pipeline  profile | train | evaluate | doctor   (Prefect flows, see docs/pipeline.md)
 
 `-S` overrides use the grammar of `dvc exp run -S` (the value is YAML).
@@ -157,6 +159,25 @@ def cmd_bench_overhead(args) -> int:
     print((Path(args.out) / "overhead.md").read_text())
     print(f"selected ({summary['selected_variant']}): time ratio {summary['time_ratio']:.3f}, "
           f"memory ratio {summary['memory_ratio']:.3f} -> {args.out}/summary.json")
+    return 0
+
+
+def cmd_bench_ablations(args) -> int:
+    from aegpo.bench.ablations import AblationSpec, check_variants, run_ablations
+
+    names = args.variants.split(",")
+    check_variants(names)  # before anything runs
+    spec = AblationSpec(variants=names, seeds=[int(x) for x in args.seeds.split(",")], nfe_budget=args.nfe_budget,
+                        eval_every_nfe=args.eval_every_nfe, jobs=args.jobs)
+    run_ablations(_params(args), spec, args.out, args.reference)
+    print((Path(args.out) / "table.md").read_text())
+    return 0
+
+
+def cmd_inspect_census(args) -> int:
+    from aegpo.inspection.census import object_census
+
+    print("\n".join(object_census(_params(args), args.checkpoint).lines()))
     return 0
 
 
@@ -339,6 +360,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.set_defaults(func=cmd_bench_overhead)
+    p = bsub.add_parser("ablations", help="aegpo's open definition choices, one at a time (docs/findings.md §2)")
+    _add_params(p)
+    p.add_argument("--out", default="benchmarks/results/ablations", help="one folder per variant, and table.md")
+    p.add_argument("--variants", default="peak-high,delta-relative,alloc-proportional,k3",
+                   help="comma-separated subset of peak-high, delta-relative, alloc-proportional, k3")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--nfe-budget", type=int, default=78_000, help="cumulative NFE per run")
+    p.add_argument("--eval-every-nfe", type=int, default=26_000)
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (each with cpus // jobs threads)")
+    p.add_argument("--reference", default="benchmarks/results/efficiency/summary.json",
+                   help="efficiency summary whose aegpo row (the defaults) heads the table, if its budget matches")
+    p.set_defaults(func=cmd_bench_ablations)
+
+    inspect = sub.add_parser("inspect", help="diagnostics of a checkpoint (tables quoted in docs/findings.md)")
+    isub = inspect.add_subparsers(dest="inspect", required=True)
+    p = isub.add_parser("census", help="strict accuracy by prompt kind, objects detected vs asked, unknown blobs")
+    _add_params(p)
+    p.add_argument("--checkpoint", default=None, help="default: model.checkpoint (the shipped base)")
+    p.set_defaults(func=cmd_inspect_census)
 
     add_pipeline_parser(sub)
     return parser

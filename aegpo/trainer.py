@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aegpo.checkpoint import save_trained
+from aegpo.checkpoint import load_base_policy, save_trained
 from aegpo.config import Params, flatten
 from aegpo.ema import EMA
 from aegpo.entropy.recorder import EntropyRecorder
@@ -29,7 +29,6 @@ from aegpo.evaluate import evaluate
 from aegpo.grpo import UpdateConfig, group_advantages, policy_update
 from aegpo.io_utils import atomic_write_json
 from aegpo.models.base import Conditioning, LoraSpec
-from aegpo.models.registry import load_base_policy
 from aegpo.profile import EntropyProfile, ProbeSpec, load_or_compute_base_profile, probe
 from aegpo.record import PromptResult, RoundRecord, UpdateStats
 from aegpo.rewards.base import RewardResult

@@ -70,7 +70,7 @@ def _profile_cache_key(context: Any, parameters: dict[str, Any]) -> str:
 def profile_base_entropy(spec: RunSpec) -> dict[str, Any]:
     """The base policy's Entropy(t) over the train prompts: computed once per cache key, then reused."""
     from aegpo.entropy.recorder import EntropyRecorder
-    from aegpo.models.registry import load_base_policy
+    from aegpo.checkpoint import load_base_policy
     from aegpo.profile import load_or_compute_base_profile
 
     params = spec.params()

@@ -20,7 +20,7 @@ import torch
 from aegpo.bench.efficiency import machine_description
 from aegpo.config import load_params
 from aegpo.entropy.recorder import EntropyRecorder
-from aegpo.models.registry import load_base_policy
+from aegpo.checkpoint import load_base_policy
 from aegpo.prompt_files import read_prompt_file
 from aegpo.rewards.registry import build_reward
 from aegpo.rollout import StepPlan, generate, sample_seeds

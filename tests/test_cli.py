@@ -9,6 +9,7 @@ from PIL import Image
 from aegpo.cli import main
 from aegpo.shapes.prompts import parse_prompt
 from aegpo.shapes.render import render
+from aegpo_testing import SHIPPED
 
 
 def test_sample_writes_a_png(tiny_base, tmp_path):
@@ -49,8 +50,9 @@ def test_score_rendered_images(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["evaluate", "--prompts", "nope.txt", "--out", "x.json"], "nope.txt does not exist"),
-    (["train", "-S", "train.group_size=1"], "train.group_size"),
+    (["evaluate", "--params", str(SHIPPED), "--prompts", "nope.txt", "--out", "x.json"], "nope.txt does not exist"),
+    (["train", "--params", str(SHIPPED), "-S", "train.group_size=1"], "train.group_size"),
+    (["train"], "params file params.yaml does not exist (pass --params builtin"),
     (["sample", "--checkpoint", ".", "--prompt", "a red circle", "--out", "x.png"], "not an aegpo checkpoint"),
 ])
 def test_bad_input_is_a_clear_error(args, message, capsys, tmp_path, monkeypatch):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +30,15 @@ class Reward(ABC):
         if not any(w != 0 for w in weights.values()):
             raise ValueError("reward.weights: at least one weight must be non-zero")
         self.weights = dict(weights)
+
+    @classmethod
+    def from_options(cls, name: str, weights: dict[str, float] | None, models: dict[str, dict[str, Any]],
+                     project_dir: str | Path = ".") -> Reward:
+        """Build from `params.reward` (the registry calls this): `weights` None for the reward's defaults,
+        `models` the `reward.models` options by reward name. A reward without a model takes no options."""
+        if models.get(name):
+            raise ValueError(f"reward.models.{name}: the {name} reward takes no options")
+        return cls(weights)
 
     @abstractmethod
     def score_parts(self, images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:

@@ -54,6 +54,11 @@ class ModelReward(Reward):
         self.load()
 
     @classmethod
+    def from_options(cls, name: str, weights: dict[str, float] | None, models: dict[str, dict[str, Any]],
+                     project_dir: str | Path = ".") -> ModelReward:
+        return cls(weights, models.get(name), project_dir)  # its own options, validated by parse_options
+
+    @classmethod
     def parse_options(cls, options: dict[str, Any] | None) -> ModelRewardOptions:
         where = f"reward.models.{cls.name}"
         if not options:

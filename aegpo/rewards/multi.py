@@ -61,6 +61,11 @@ class MultiReward(Reward):
         self.parts = tuple(names)
         super().__init__({self._normalise(k): w for k, w in weights.items()})
 
+    @classmethod
+    def from_options(cls, name: str, weights: dict[str, float] | None, models: dict[str, dict[str, Any]],
+                     project_dir: str | Path = ".") -> MultiReward:
+        return cls(weights, models, project_dir)  # each combined reward takes its own entry of `models`
+
     @staticmethod
     def _key(name: str, part: str, reward: Reward) -> str:
         return name if len(reward.parts) == 1 and part == name else f"{name}.{part}"

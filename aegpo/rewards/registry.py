@@ -39,18 +39,7 @@ def reward_class(name: str) -> type[Reward]:
 def build_reward_only(name: str, weights: dict[str, float] | None, models: dict[str, dict[str, Any]] | None,
                       project_dir: str | Path = ".") -> Reward:
     """The reward `name`, without checking `models` for unused entries (used by MultiReward)."""
-    from aegpo.rewards.model_base import ModelReward
-    from aegpo.rewards.multi import MultiReward
-
-    cls = reward_class(name)
-    models = models or {}
-    if issubclass(cls, MultiReward):
-        return cls(weights, models, project_dir)
-    if issubclass(cls, ModelReward):
-        return cls(weights, models.get(name), project_dir)
-    if models.get(name):
-        raise ValueError(f"reward.models.{name}: the {name} reward takes no options")
-    return cls(weights)
+    return reward_class(name).from_options(name, weights, models or {}, project_dir)
 
 
 def build_reward(name: str, weights: dict[str, float] | None = None,

@@ -10,7 +10,7 @@ from aegpo.config import ParamsError
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.models.base import LoraSpec
 from aegpo.models.pipeline_policy import PretrainedModelError
-from aegpo.models.registry import load_base_policy
+from aegpo.checkpoint import load_base_policy
 
 PROMPTS = ["a red circle", "two blue squares"]
 

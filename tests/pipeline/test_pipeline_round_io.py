@@ -52,7 +52,7 @@ def test_stored_round_tables(tiny_base, tmp_path):
 
 def test_run_names_follow_the_resume_rule():
     base = shipped_params([])
-    assert run_name(base).startswith("grpo-")
+    assert run_name(base).startswith("aegpo-")  # the shipped strategy
     same = shipped_params(["train.rounds=99", "eval.num_steps=5", "train.out_dir=elsewhere"])
     assert run_fingerprint(same) == run_fingerprint(base)
     assert run_fingerprint(shipped_params(["train.optim.lr=0.1"])) != run_fingerprint(base)
