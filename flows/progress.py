@@ -14,7 +14,7 @@ from typing import Any
 
 def duration(seconds: float) -> str:
     """'42s', '3m05s', '1h02m'."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:

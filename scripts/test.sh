@@ -10,4 +10,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0 -e '.[pipeline,dev]'
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q -m "not gpu" "$@"  # slow tests included (the quick default leaves them out)

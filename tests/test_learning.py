@@ -22,6 +22,7 @@ PROMPTS = ["a red circle and a blue square", "two green triangles", "a white squ
            "a green square below a purple triangle", "two red squares and a yellow triangle"]
 
 
+@pytest.mark.slow  # two 8-round trainings of the shipped base
 @pytest.mark.parametrize("reward", ["jpeg_compressibility", "jpeg_incompressibility"])
 def test_training_moves_the_reward_its_way(reward, tmp_path):
     params = shipped_params([

@@ -36,15 +36,14 @@ class Census:
     def lines(self) -> list[str]:
         kinds = ", ".join(f"{kind} {m:.3f} ({n} prompts)" for kind, (m, n) in sorted(self.strict_by_kind.items()))
         return [
-            f"checkpoint {self.checkpoint}: {self.prompts} eval prompts × {self.images_per_prompt} images, "
-            f"{self.num_steps} ODE steps, seed {self.seed}",
+            (f"checkpoint {self.checkpoint}: {self.prompts} eval prompts × {self.images_per_prompt} images, "
+             f"{self.num_steps} ODE steps, seed {self.seed}"),
             f"strict {self.strict:.3f}  dense {self.dense:.3f}  soft {self.soft:.3f}",
             f"strict by prompt kind: {kinds}",
-            f"objects asked for {self.asked}, detected {self.detected}, of which unknown {self.unknown} "
-            f"({self.unknown / max(self.detected, 1):.0%}); images with an unknown object: {self.images_with_unknown} "
-            f"of {self.images}",
-            "soft per image, 10th / 50th / 90th percentile: "
-            f"{[round(float(v), 2) for v in self.soft_percentiles]}",
+            (f"objects asked for {self.asked}, detected {self.detected}, of which unknown {self.unknown} "
+             f"({self.unknown / max(self.detected, 1):.0%}); images with an unknown object: "
+             f"{self.images_with_unknown} of {self.images}"),
+            f"soft per image, 10th / 50th / 90th percentile: {[round(float(v), 2) for v in self.soft_percentiles]}",
         ]
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from aegpo.bench.ablations import VARIANTS, ablation_table, variant_params
 from aegpo.cli import build_parser, main
 from aegpo.config import load_params

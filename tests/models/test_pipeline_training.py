@@ -33,6 +33,7 @@ def params(project, kind, strategy, *extra):
         "reward.name=multi", "reward.weights={shapes.dense: 1.0, jpeg_incompressibility: 0.1}", *extra])
 
 
+@pytest.mark.slow  # 14 rounds of tiny SD3 / FLUX pipelines
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_one_round_of_every_strategy(project, kind, strategy):

@@ -11,8 +11,8 @@ import signal
 import subprocess
 import urllib.request
 
+import pytest
 from mlflow import MlflowClient
-
 from pipeline_helpers import REPO, VENV_BIN
 
 PREFECT = str(VENV_BIN / "prefect")
@@ -31,6 +31,7 @@ def _cli(args: list[str], env: dict, timeout: float = 120) -> str:
     return out.stdout
 
 
+@pytest.mark.slow  # deploy, a worker, a watched run
 def test_deploy_and_run_training_on_a_process_worker(prefect_server, make_project, tmp_path):
     proj = make_project(rounds=2, eval_every=1)
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1",

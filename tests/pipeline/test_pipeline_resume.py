@@ -11,6 +11,7 @@ import sys
 import time
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
@@ -33,6 +34,7 @@ def _run_dir(project):
     return run
 
 
+@pytest.mark.slow  # three flow runs in subprocesses
 def test_kill_9_then_resume_equals_an_uninterrupted_run(prefect_server, make_project):
     env = _env(prefect_server)
     straight = make_project("straight", rounds=ROUNDS, eval_every=2)

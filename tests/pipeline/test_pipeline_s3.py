@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
 from mlflow import MlflowClient
 
 
@@ -15,6 +16,7 @@ def _keys(client, bucket: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
+@pytest.mark.slow  # two flow runs against moto S3
 def test_tiny_run_on_s3_with_mlflow_and_dvc(prefect_api, s3_bucket, make_project, monkeypatch):
     from flows.train import train_flow
 

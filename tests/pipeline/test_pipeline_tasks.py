@@ -16,8 +16,17 @@ from aegpo.trainer import Trainer
 from flows import session as sessions
 from flows._prefect import is_transient
 from flows.spec import prepare_run, read_prompts, run_tags
-from flows.tasks import (_profile_cache_key, evaluate_policy, finish_round, generate_rollouts, profile_base_entropy,
-                         run_state, score_rewards, sync_run, update_policy)
+from flows.tasks import (
+    _profile_cache_key,
+    evaluate_policy,
+    finish_round,
+    generate_rollouts,
+    profile_base_entropy,
+    run_state,
+    score_rewards,
+    sync_run,
+    update_policy,
+)
 from flows.tracking import Tracker
 
 
@@ -34,6 +43,7 @@ def _run_tasks(spec) -> None:
         sync_run.fn(spec, r)
 
 
+@pytest.mark.slow  # a 3-round run through the tasks, and the trainer
 def test_tasks_train_what_the_trainer_trains(make_project, mlflow_db):
     proj = make_project(rounds=2, eval_every=1, strategy="aegpo")
     spec = prepare_run("params.yaml", [], proj, tracking_uri=mlflow_db)
