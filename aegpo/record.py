@@ -131,3 +131,20 @@ class RoundRecord:
             raise ValueError(f"round record: missing or malformed field ({err!r}); expected the layout of "
                              "aegpo.record.RoundRecord.to_json") from None
 
+
+
+@dataclass(frozen=True)
+class RejectedRound:
+    """A round that trained nothing because a reward, advantage, loss, gradient or weight was NaN/inf
+    (aegpo.guard): written to `rounds/rejected-NNNN.json`, never to the callbacks."""
+
+    round: int
+    rejected: str  # the reason, naming the value
+    nfe: int  # cumulative, this round's rollouts and probes included
+    streak: int  # rejected rounds in a row, this one included
+    reward_mean: float | None  # over the finite rewards, None when none was
+    prompts: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round": self.round, "rejected": self.rejected, "nfe": self.nfe, "streak": self.streak,
+                "reward_mean": self.reward_mean, "prompts": list(self.prompts)}
