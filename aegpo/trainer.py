@@ -183,11 +183,13 @@ class Trainer:
         work.times["optimize"] = time.perf_counter() - t0
         return work.stats
 
-    def end_round(self, work: RoundWork, evaluation: dict[str, Any] | None = None) -> RoundRecord:
+    def end_round(self, work: RoundWork, evaluation: dict[str, Any] | None = None,
+                  publish: RoundCallback | None = None) -> RoundRecord:
         """Count NFE, build the round record, evaluate and save when due, notify callbacks.
 
         `evaluation`: the result of `evaluate()` on the updated policy when the caller (the
         pipeline's evaluation task) already ran it; its time is `work.times["eval"]`.
+        `publish`: called with this round's record after the `callbacks`, before the state is saved.
         """
         ro = work.rollout
         # every pass over the trained transitions is a forward of the denoiser (inner_epochs passes)
@@ -201,7 +203,7 @@ class Trainer:
             t0 = time.perf_counter()
             evaluation = self.evaluate()
             record = record.with_eval(evaluation, time.perf_counter() - t0)
-        self._finish_round(record)
+        self._finish_round(record, publish)
         return record
 
     # ----- hooks for the pipeline (flows/): stages run as separate tasks ------------------------
@@ -309,10 +311,10 @@ class Trainer:
         images = result.pop("images")
         return result, images
 
-    def _finish_round(self, record: RoundRecord) -> None:
+    def _finish_round(self, record: RoundRecord, publish: RoundCallback | None = None) -> None:
         self.history.append(record)
         atomic_write_json(self.out_dir / "rounds" / f"round-{record.round:04d}.json", record.to_json())
-        for cb in self.callbacks:
+        for cb in [*self.callbacks, *([publish] if publish is not None else [])]:
             cb(record)
         t = self.params.train
         if self.round % t.save_every == 0 or self.round == t.rounds:

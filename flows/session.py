@@ -64,9 +64,11 @@ class TrainingSession:
     trainer: Trainer
     store: RunStore
     lock: RunLock
+    in_flight: dict[int, RoundWork] = field(default_factory=dict)  # rounds sampled (and scored), not yet updated
     pending: dict[int, RoundWork] = field(default_factory=dict)  # rounds updated but not yet ended
 
     def close(self) -> None:
+        self.in_flight.clear()
         self.pending.clear()
         self.lock.close()
 

@@ -1,7 +1,9 @@
 """Prefect tasks of the pipeline: thin wrappers over aegpo that take and return small manifests.
 
-Each task receives the `RunSpec` and round numbers, reads what earlier stages stored
-(aegpo.round_io), and returns URIs, hashes and a few numbers, never models or tensors.
+Each task receives the `RunSpec` and round numbers and returns URIs, hashes and a few numbers, never
+models or tensors. The round in flight stays in memory between a round's tasks (flows.session); what
+they store (aegpo.round_io) is a side output, read back only when the session was rebuilt in between
+(a retry after a failure, another process).
 
 | task                  | reads                          | writes (store)                          | retries |
 |-----------------------|--------------------------------|-----------------------------------------|---------|
@@ -130,6 +132,7 @@ def generate_rollouts(spec: RunSpec, round_idx: int) -> dict[str, Any]:
         work = t.begin_round()
         t.sample(work)
         objs = session.store.save_rollout(round_idx, work.rollout, work.plan)
+    session.in_flight[round_idx] = work
     return {"round": round_idx, "num_samples": work.rollout.num_samples, "rollout_nfe": work.rollout.nfe,
             "group_sizes": list(work.plan.group_sizes), "times": dict(work.times),
             **{k: v.as_dict() for k, v in objs.items()}}
@@ -141,10 +144,12 @@ def score_rewards(spec: RunSpec, rollouts: dict[str, Any]) -> dict[str, Any]:
     """Score the stored images and compute group advantages; stores rewards and the rollouts table."""
     r = rollouts["round"]
     session = _trainer_at(spec, r)
-    rollout, plan = session.store.load_rollout(r)
-    work = session.trainer.restore_round(rollout, plan, times=rollouts["times"])
+    work = session.in_flight.get(r)
+    if work is None:  # a rebuilt session: the round's rollout from the store
+        rollout, plan = session.store.load_rollout(r)
+        work = session.in_flight[r] = session.trainer.restore_round(rollout, plan, times=rollouts["times"])
     session.trainer.score(work)
-    objs = session.store.save_scores(r, work.ctx.prompt_ids, rollout, work.scored, work.advantages)
+    objs = session.store.save_scores(r, work.ctx.prompt_ids, work.rollout, work.scored, work.advantages)
     return {"round": r, "reward_mean": float(work.scored.score.mean()), "reward_std": float(work.scored.score.std()),
             "times": dict(work.times), **{k: v.as_dict() for k, v in objs.items()}}
 
@@ -156,9 +161,11 @@ def update_policy(spec: RunSpec, rollouts: dict[str, Any], scores: dict[str, Any
     r = rollouts["round"]
     session = _trainer_at(spec, r)
     t = session.trainer
-    rollout, plan = session.store.load_rollout(r)
-    scored, advantages = session.store.load_scores(r)
-    work = t.restore_round(rollout, plan, scored, advantages, times=scores["times"])
+    work = session.in_flight.pop(r, None)
+    if work is None or work.scored is None:  # a rebuilt session: the round's outputs from the store
+        rollout, plan = session.store.load_rollout(r)
+        scored, advantages = session.store.load_scores(r)
+        work = t.restore_round(rollout, plan, scored, advantages, times=scores["times"])
     with mutating(spec):
         t.optimize(work)
     session.pending[r] = work
@@ -199,14 +206,8 @@ def finish_round(spec: RunSpec, round_idx: int, evaluation: dict[str, Any] | Non
     result = None
     if evaluation is not None:
         result = session.store.storage.get_json(evaluation["eval"]["key"])
-    publish = _RoundPublisher(spec, session)
-    t.callbacks.append(publish)
-    try:
-        with mutating(spec):
-            record = t.end_round(work, result)
-    finally:
-        if publish in t.callbacks:
-            t.callbacks.remove(publish)
+    with mutating(spec):
+        record = t.end_round(work, result, publish=_RoundPublisher(spec, session))
     try:
         session.store.drop_transitions(round_idx)
     except (OSError, StorageError) as err:  # only space is at stake: the round is complete and saved
