@@ -70,6 +70,20 @@ def compute_advantages(scored: RewardResult, groups: torch.Tensor, params: Param
         part = torch.from_numpy(np.asarray(scored.parts[name], dtype=np.float64))
         total += weight * group_advantages(part, groups, t.std_floor, t.adv_clip_max)
     return total.clamp(-t.adv_clip_max, t.adv_clip_max)
+def _check_scores(work: RoundWork) -> None:
+    """Mark the round rejected when a reward, a reward part or an advantage is NaN/inf."""
+    if work.rejected is not None or work.scored is None:
+        return
+    try:
+        require_finite("reward", work.scored.score)
+        for name, part in work.scored.parts.items():
+            require_finite(f"reward part {name}", part)
+        if work.advantages is not None:
+            require_finite("advantages", work.advantages)
+    except NonFiniteRound as err:
+        work.rejected = err.reason
+
+
 RESUME_MAY_CHANGE = ("train.rounds", "train.eval_every", "train.save_every", "train.max_rejected_rounds", "eval.")
 
 
@@ -174,19 +188,14 @@ class Trainer:
         ro = work.rollout
         work.scored = self.reward(ro.images, [work.ctx.prompts[i] for i in ro.prompt_index])
         work.advantages = compute_advantages(work.scored, ro.prompt_index, self.params)
-        try:
-            require_finite("reward", work.scored.score)
-            for name, part in work.scored.parts.items():
-                require_finite(f"reward part {name}", part)
-            require_finite("advantages", work.advantages)
-        except NonFiniteRound as err:
-            work.rejected = err.reason
+        _check_scores(work)
         work.times["score"] = time.perf_counter() - t0
         return work.scored
 
     def optimize(self, work: RoundWork) -> dict[str, float]:
         """The policy update. On a NaN/inf loss, gradient or updated weight, the weights and optimizer state
         go back to the round's start and the round is marked rejected; a rejected round is not updated."""
+        _check_scores(work)  # again: the pipeline rebuilds `work` from the stored scores
         if work.rejected is not None:
             return work.stats
         t0 = time.perf_counter()
