@@ -37,14 +37,17 @@ class RoundProgress:
         self.first, self.rounds, self.clock = first_round, rounds, clock
         self.start = clock()
 
-    def line(self, round_idx: int, reward_mean: float, nfe: int, eval_metrics: dict[str, Any] | None = None) -> str:
-        """The progress line after round `round_idx` (0-based) finished."""
+    def line(self, round_idx: int, reward_mean: float | None, nfe: int, eval_metrics: dict[str, Any] | None = None,
+             rejected: str | None = None) -> str:
+        """The progress line after round `round_idx` (0-based) finished (or was rejected: `rejected` says why)."""
         done = round_idx + 1
         elapsed = self.clock() - self.start
-        text = (f"round {done}/{self.rounds}: reward {reward_mean:.4f}, NFE {nfe:,}, {duration(elapsed)} elapsed, "
+        reward = (f"rejected ({rejected})" if rejected else "reward ?" if reward_mean is None  # a retried round
+                  else f"reward {reward_mean:.4f}")
+        text = (f"round {done}/{self.rounds}: {reward}, NFE {nfe:,}, {duration(elapsed)} elapsed, "
                 f"ETA {eta(elapsed, done - self.first, self.rounds - self.first)}")
-        if eval_metrics and "strict" in eval_metrics:
-            text += f", eval strict {eval_metrics['strict']:.3f}"
+        if eval_metrics:  # the reward's headline metrics (shapes: strict, dense)
+            text += "".join(f", eval {k} {v:.3f}" for k, v in list(eval_metrics.items())[:2])
         return text
 
 

@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.profile import ProbeSpec, cache_key
-from aegpo.record import RoundRecord
+from aegpo.record import RejectedRound, RoundRecord
 from aegpo.storage import StorageError, open_storage
 from aegpo.tables import PROFILE_SCHEMA, from_parquet_bytes
 from flows._prefect import publish_markdown, publish_table, retry_on_io, run_logger
@@ -214,6 +214,7 @@ def finish_round(spec: RunSpec, round_idx: int, evaluation: dict[str, Any] | Non
     except (OSError, StorageError) as err:  # only space is at stake: the round is complete and saved
         run_logger().warning("round %d: could not remove its transitions: %s", round_idx, err)
     return {"round": round_idx, "nfe": record.nfe, "reward_mean": record.reward_mean,
+            "rejected": record.rejected if isinstance(record, RejectedRound) else None,
             "eval": (evaluation or {}).get("metrics")}
 
 

@@ -155,8 +155,8 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
         progress = RoundProgress(state["round"], state["rounds"])
         for r in range(state["round"], state["rounds"]):
             result = train_round(spec, r)
-            log.info(progress.line(r, result.get("reward_mean", float("nan")), result.get("nfe", 0),
-                                   result.get("eval")))
+            log.info(progress.line(r, result.get("reward_mean"), result.get("nfe", 0), result.get("eval"),
+                                   result.get("rejected")))
         return finalize_run(spec, export_dir, reports_dir)
     except BaseException:
         tracker.finish(run_id, "FAILED")
