@@ -35,7 +35,7 @@ def _cli(args: list[str], env: dict, timeout: float = 120) -> str:
 def test_deploy_and_run_training_on_a_process_worker(prefect_server, make_project, tmp_path):
     proj = make_project(rounds=2, eval_every=1)
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}  # INFO: what a user's --watch shows
     _cli(["work-pool", "create", "aegpo-gpu", "--type", "process", "--overwrite"], env)
     _cli(["--no-prompt", "deploy", "--all"], env)  # prefect.yaml at the repository root
 
@@ -59,6 +59,13 @@ def test_deploy_and_run_training_on_a_process_worker(prefect_server, make_projec
     children = _api(prefect_server, "flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}})
     assert sorted(r["name"] for r in children) == ["round-0000", "round-0001"]
     assert all(r["state"]["type"] == "COMPLETED" for r in children)
+    # progress reaches `--watch`: one line per round (round i/N, reward, NFE, ETA)
+    assert re.search(r"round 1/2: reward -?[0-9.]+, NFE [0-9,]+, \S+ elapsed, ETA \S+", out), out
+    assert "round 2/2: reward" in out, out
+    tasks = _api(prefect_server, "task_runs/filter",
+                 {"flow_runs": {"id": {"any_": [r["id"] for r in children]}}})
+    assert {"generate-rollouts-r0000", "score-rewards-r0001", "update-policy-r0001", "finish-round-r0000",
+            "sync-run-r0001", "evaluate-policy-round-0001"} <= {t["name"] for t in tasks}
     artifacts = _api(prefect_server, "artifacts/filter", {"artifacts": {"key": {"any_": [
         "aegpo-round-summary", "aegpo-entropy-allocation", "aegpo-run-summary"]}}})
     assert {a["key"] for a in artifacts} == {"aegpo-round-summary", "aegpo-entropy-allocation", "aegpo-run-summary"}
