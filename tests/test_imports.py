@@ -1,9 +1,12 @@
 """The library's modules import each other without cycles (imports inside functions count too: a cycle there
-only moves the failure to run time). aegpo.* never imports Prefect or MLflow."""
+only moves the failure to run time). aegpo.* never imports Prefect or MLflow, and validating params imports no
+torch (every strategy's validate_params included)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +75,11 @@ def test_the_library_imports_neither_prefect_nor_mlflow():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("prefect", "mlflow") for n in names), path
+
+
+def test_params_validation_does_not_import_torch():
+    code = ("import sys\nfrom aegpo.config import load_params\nfrom aegpo.strategies.registry import STRATEGIES\n"
+            "for s in STRATEGIES:\n    load_params('params.yaml', [f'train.strategy={s}'])\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('aegpo'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr

@@ -15,25 +15,27 @@ Each round (switches in params.yaml `aegpo:`):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from aegpo.allocation import allocate
 from aegpo.peaks import select_steps
-from aegpo.rollout import Rollout, StepPlan
 from aegpo.strategies.base import (
     RoundContext,
     RoundPlan,
     Strategy,
     expand_groups,
     explore_all_steps,
+    make_plan,
     random_train_steps,
     trained_step_count,
     validate_peaks_k,
     validate_trained_fraction,
 )
+
+if TYPE_CHECKING:
+    from aegpo.rollout import Rollout
 
 
 class AEGPOStrategy(Strategy):
@@ -115,13 +117,12 @@ class AEGPOStrategy(Strategy):
         prompt_index, _ = expand_groups(sizes)
         n, t = len(prompt_index), ctx.num_steps
         if self.use_local:
-            mask = torch.from_numpy(steps)[prompt_index]
-            plan = StepPlan(mask, mask.clone())
+            plan = make_plan(steps[prompt_index.numpy()])  # (N, T): each sample explores its prompt's steps
             info["chosen_steps"] = [np.flatnonzero(row).tolist() for row in steps]
             info["entropy_at_chosen"] = [peak_source[i, row].tolist() for i, row in enumerate(steps)]
         else:
             k = trained_step_count(t, self.params.train.timestep_fraction)
-            plan = StepPlan(explore_all_steps(n, t), random_train_steps(n, t, k, ctx.rng))
+            plan = make_plan(explore_all_steps(n, t), random_train_steps(n, t, k, ctx.rng))
         if probed is not None:
             info["probe_entropy_t"] = np.nanmean(probed, 0).tolist()
         info["group_sizes"] = list(sizes)

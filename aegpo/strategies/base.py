@@ -1,18 +1,23 @@
 """Strategies decide, each round, how many rollouts each prompt gets (global level) and which
 denoising steps explore with the SDE and are trained (local level). Everything else in the
-trainer is shared, so strategies differ in exactly these two decisions."""
+trainer is shared, so strategies differ in exactly these two decisions.
+
+Config validation imports strategy modules (for `Strategy.validate_params`), so they import no torch
+at module level: torch and the rollout types are imported where a round is planned (the helpers below)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from aegpo.rollout import Rollout, StepPlan
+if TYPE_CHECKING:
+    import torch
+
+    from aegpo.rollout import Rollout, StepPlan
 
 
 @dataclass
@@ -45,6 +50,8 @@ class RoundPlan:
 
 def expand_groups(group_sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt_index (N,), rank within group (N,)) for contiguous groups."""
+    import torch
+
     prompt_index = torch.repeat_interleave(torch.arange(len(group_sizes)), torch.tensor(group_sizes))
     rank = torch.cat([torch.arange(g) for g in group_sizes]) if group_sizes else torch.empty(0, dtype=torch.long)
     return prompt_index, rank
@@ -54,9 +61,21 @@ def explore_all_steps(num_samples: int, num_steps: int) -> torch.Tensor:
     """(N, T) bool: SDE at every step but the last. The last step (σ → 0) stays deterministic in every
     strategy: it is never trained (its density degenerates) and noise added there would remain in the
     final image."""
+    import torch
+
     sde = torch.ones(num_samples, num_steps, dtype=torch.bool)
     sde[:, -1] = False
     return sde
+
+
+def make_plan(sde: torch.Tensor | np.ndarray, train: torch.Tensor | np.ndarray | None = None) -> StepPlan:
+    """The StepPlan of (N, T) bool masks (tensors or arrays); `train` None: every explored step is trained."""
+    import torch
+
+    from aegpo.rollout import StepPlan
+
+    sde = torch.as_tensor(sde, dtype=torch.bool)
+    return StepPlan(sde, sde.clone() if train is None else torch.as_tensor(train, dtype=torch.bool))
 
 
 def trained_step_count(num_steps: int, fraction: float) -> int:
@@ -86,6 +105,8 @@ def validate_peaks_k(params, min_spacing: int = 1) -> None:
 
 def random_train_steps(num_samples: int, num_steps: int, k: int, rng: np.random.Generator) -> torch.Tensor:
     """(N, T) bool: k distinct random steps per sample among 0..T−2 (the last step, σ → 0, is never trained)."""
+    import torch
+
     mask = torch.zeros(num_samples, num_steps, dtype=torch.bool)
     for i in range(num_samples):
         mask[i, rng.choice(num_steps - 1, size=k, replace=False)] = True

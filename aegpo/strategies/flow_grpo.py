@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from aegpo.rollout import StepPlan
-from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, explore_all_steps
+from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, explore_all_steps, make_plan
 
 
 class FlowGRPOStrategy(Strategy):
@@ -13,4 +12,4 @@ class FlowGRPOStrategy(Strategy):
         sizes = self.uniform_sizes(ctx)
         n, t = sum(sizes), ctx.num_steps
         sde = explore_all_steps(n, t)  # every step but the last explores and is trained
-        return RoundPlan(sizes, StepPlan(sde, sde.clone()))
+        return RoundPlan(sizes, make_plan(sde))

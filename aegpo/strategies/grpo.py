@@ -3,12 +3,12 @@ but the last is stochastic, and each sample trains a random `timestep_fraction` 
 
 from __future__ import annotations
 
-from aegpo.rollout import StepPlan
 from aegpo.strategies.base import (
     RoundContext,
     RoundPlan,
     Strategy,
     explore_all_steps,
+    make_plan,
     random_train_steps,
     trained_step_count,
     validate_trained_fraction,
@@ -27,4 +27,4 @@ class GRPOStrategy(Strategy):
         sizes = self.uniform_sizes(ctx)
         n, t = sum(sizes), ctx.num_steps
         k = trained_step_count(t, self.params.train.timestep_fraction)
-        return RoundPlan(sizes, StepPlan(explore_all_steps(n, t), random_train_steps(n, t, k, ctx.rng)))
+        return RoundPlan(sizes, make_plan(explore_all_steps(n, t), random_train_steps(n, t, k, ctx.rng)))

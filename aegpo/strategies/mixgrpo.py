@@ -4,10 +4,9 @@ towards σ = 0 every `mixgrpo.shift_every` rounds, rolling back to 0 at the end 
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
-from aegpo.rollout import StepPlan
-from aegpo.strategies.base import RoundContext, RoundPlan, Strategy
+from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, make_plan
 
 
 class MixGRPOStrategy(Strategy):
@@ -29,6 +28,6 @@ class MixGRPOStrategy(Strategy):
         sizes = self.uniform_sizes(ctx)
         n, t = sum(sizes), ctx.num_steps
         start = self.window_start(ctx.round, t)
-        sde = torch.zeros(n, t, dtype=torch.bool)
+        sde = np.zeros((n, t), dtype=bool)
         sde[:, start : start + self.params.mixgrpo.window] = True
-        return RoundPlan(sizes, StepPlan(sde, sde.clone()), info={"window_start": start})
+        return RoundPlan(sizes, make_plan(sde), info={"window_start": start})

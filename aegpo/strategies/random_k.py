@@ -3,10 +3,15 @@ AEGPO's entropy peaks (same K, same per-prompt structure, no entropy signal)."""
 
 from __future__ import annotations
 
-import torch
-
-from aegpo.rollout import StepPlan
-from aegpo.strategies.base import RoundContext, RoundPlan, Strategy, expand_groups, random_train_steps, validate_peaks_k
+from aegpo.strategies.base import (
+    RoundContext,
+    RoundPlan,
+    Strategy,
+    expand_groups,
+    make_plan,
+    random_train_steps,
+    validate_peaks_k,
+)
 
 
 class RandomKStrategy(Strategy):
@@ -23,5 +28,5 @@ class RandomKStrategy(Strategy):
         per_prompt = random_train_steps(len(sizes), t, k, ctx.rng)  # (P, T): K of the T − 1 steps per prompt
         prompt_index, _ = expand_groups(sizes)
         mask = per_prompt[prompt_index]
-        chosen = [sorted(torch.nonzero(row).squeeze(1).tolist()) for row in per_prompt]
-        return RoundPlan(sizes, StepPlan(mask, mask.clone()), info={"chosen_steps": chosen})
+        chosen = [sorted(row.nonzero().squeeze(1).tolist()) for row in per_prompt]
+        return RoundPlan(sizes, make_plan(mask), info={"chosen_steps": chosen})

@@ -21,7 +21,10 @@ for _var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "AEGPO_STORAGE_URI", "AEG
 os.environ.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
                    "DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
                    "TRANSFORMERS_OFFLINE": "1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                   "AWS_DEFAULT_REGION": "us-east-1", "PREFECT_LOGGING_LEVEL": "WARNING"})
+                   "AWS_DEFAULT_REGION": "us-east-1", "PREFECT_LOGGING_LEVEL": "WARNING",
+                   # the server streams flow-run logs to `prefect deployment run --watch` (as scripts/main.sh sets)
+                   "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
+                   "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true"})
 
 import pytest  # noqa: E402
 
