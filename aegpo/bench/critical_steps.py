@@ -105,7 +105,8 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 def rank_correlation(entropy: np.ndarray, spread: np.ndarray, seed: int = 0,
                      boot: int = BOOTSTRAP) -> dict[str, Any]:
     """Spearman ρ over steps of mean Entropy(t) (P, C) and mean spread (P, C), with a 95% bootstrap-over-prompts
-    interval. `valid_bootstrap`: resamples where both curves vary (ρ is defined)."""
+    interval. `valid_bootstrap`: resamples where both curves vary (ρ is defined); fewer than half valid, or a
+    constant curve, leaves the interval (and ρ) None."""
     if entropy.shape != spread.shape or entropy.ndim != 2:
         raise ValueError(f"rank_correlation: entropy {entropy.shape} and spread {spread.shape} must be equal (P, C)")
     rho = _spearman(entropy.mean(0), spread.mean(0))
@@ -118,15 +119,15 @@ def rank_correlation(entropy: np.ndarray, spread: np.ndarray, seed: int = 0,
     finite = np.array([s for s in samples if np.isfinite(s)])
     if np.isfinite(rho) and len(finite) >= boot // 2:
         low, high = (float(v) for v in np.percentile(finite, [2.5, 97.5]))
-    else:
-        low = high = float("nan")
+    else:  # undefined: JSON null rather than NaN
+        rho, low, high = (rho if np.isfinite(rho) else None), None, None
     return {"rho": rho, "ci_low": low, "ci_high": high, "bootstrap": boot, "valid_bootstrap": int(len(finite))}
 
 
 def choose_direction(corr: dict[str, Any]) -> tuple[str, str]:
     """(direction, reason): maxima for a positive correlation, minima for a negative one, else the paper's maxima."""
     low, high = corr["ci_low"], corr["ci_high"]
-    if not (np.isfinite(low) and np.isfinite(high)):
+    if low is None or high is None:
         return "high", "no ranking (the reward spread or Entropy(t) is constant): the paper's maxima"
     if low > 0:
         return "high", f"positive: Entropy(t) maxima are the decisive steps (95% CI {low:+.2f} … {high:+.2f})"
@@ -159,10 +160,14 @@ def calibrate(policy, entropy_fn, prompts: list[str], reward, num_steps: int, sh
             "probe_nfe": int(probe_nfe), "seconds": round(time.perf_counter() - t0, 2), "spec": asdict(spec)}
 
 
+def _num(x: float) -> str:
+    return f"{x:+.2f}" if x is not None else "n/a"
+
+
 def summary_line(result: dict[str, Any]) -> str:
     """One line for printouts and logs."""
     return (f"peak direction {result['direction']} from the base calibration: Spearman ρ(Entropy(t), reward spread) "
-            f"{result['rho']:+.2f}, 95% CI {result['ci_low']:+.2f} … {result['ci_high']:+.2f} over "
+            f"{_num(result['rho'])}, 95% CI {_num(result['ci_low'])} … {_num(result['ci_high'])} over "
             f"{result['prompts']} prompts × {result['group']} rollouts ({result['nfe']:,} NFE)")
 
 
@@ -182,7 +187,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     ax2 = ax.twinx()
     ax2.plot(x, [s["entropy"] for s in steps], color="tab:red", marker="o", label="base Entropy(t)")
     ax2.set_ylabel("base Entropy(t)", color="tab:red")
-    ax.set_title(f"ρ = {result['rho']:+.2f} [{result['ci_low']:+.2f}, {result['ci_high']:+.2f}] → "
+    ax.set_title(f"ρ = {_num(result['rho'])} [{_num(result['ci_low'])}, {_num(result['ci_high'])}] → "
                  f"{result['direction']} ({result['prompts']} prompts × {result['group']})", fontsize=10)
     fig.legend(loc="upper center", fontsize=8, bbox_to_anchor=(0.5, 0.9))
     fig.tight_layout()
