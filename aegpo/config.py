@@ -127,8 +127,8 @@ class AEGPOParams(Section):
     delta_source: Literal["probe", "history"] = Field("probe", description="Current entropy from a probe pass this round (costs P·T NFE) or from the prompt's previous rollouts (free, stale; unseen prompts are probed).")
     allocation: Literal["median_split", "proportional", "uniform"] = Field("median_split", description="Budget rule (aegpo/allocation.py).")
     tie_tolerance: float = Field(1e-5, ge=0, description="ΔEntropy differences below tie_tolerance × the batch's mean base entropy count as ties (relative ΔEntropy: below tie_tolerance itself); ties get uniform budgets (round 0 of a LoRA run: ΔEntropy is float noise of ~1e-7 of the entropy).")
-    high_group: int | None = Field(None, ge=2, description="median_split: rollouts above the median; null = round(4/3 · train.group_size) (paper: 16 for 12).")
-    low_group: int | None = Field(None, ge=2, description="median_split: rollouts below the median; null = 2 · train.group_size − high_group (paper: 8); high + low must be 2 · group_size.")
+    high_group: int | None = Field(None, ge=2, description="median_split: rollouts above the median; null = round(4/3 · train.group_size) (16 for 12, a secondary source's reading of the paper).")
+    low_group: int | None = Field(None, ge=2, description="median_split: rollouts below the median; null = 2 · train.group_size − high_group (8); high + low must be 2 · group_size.")
     floor: int | None = Field(None, ge=2, description="proportional: fewest rollouts a prompt gets; null = max(2, group_size // 3).")
     ceiling: int | None = Field(None, ge=2, description="proportional: most rollouts a prompt gets; null = 2 · group_size.")
 
@@ -142,8 +142,8 @@ class AEGPOParams(Section):
         """(floor, ceiling) of proportional."""
         floor = self.floor if self.floor is not None else max(2, group_size // 3)
         return floor, self.ceiling if self.ceiling is not None else 2 * group_size
-    peaks_k: int = Field(4, ge=1, description="K steps to explore (paper: top-4 peaks); also random_k's K.")
-    peak_rule: Literal["topk", "peaks"] = Field("topk", description="topk: K highest Entropy(t); peaks: greedy non-maximum suppression with min_spacing (aegpo/peaks.py).")
+    peaks_k: int = Field(4, ge=1, description="K steps to explore (4: a secondary source's TopK); also random_k's K.")
+    peak_rule: Literal["topk", "peaks"] = Field("topk", description="topk: the K most extreme Entropy(t) steps in peak_direction; peaks: greedy non-maximum suppression with min_spacing (aegpo/peaks.py).")
     peak_direction: Literal["high", "low", "auto"] = Field(
         "high", description="high: maxima of Entropy(t) (the paper's peaks); low: its minima (troughs; our deviation, "
         "where the built-in model's reward is decided, docs/findings.md §2b); auto: calibrate once on the base "

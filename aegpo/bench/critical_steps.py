@@ -18,7 +18,7 @@ on any model kind and reward:
 `aegpo.peak_direction: auto` runs `load_or_calibrate` once on the base policy; the result is cached
 beside the base profile under a key of (base checkpoint digest, calibration prompts, probe parameters,
 calibration settings, reward). Cost: P·(T−1)·group rollouts of T steps plus P probes of T steps
-(NFE in `nfe`).
+(NFE in `nfe`); the command also measures the last step (no candidate) for the table.
 
 Outputs of the command (`--out DIR`): `summary.json` (per step: σ, spread, share of groups with any
 spread, reward mean, Entropy(t); the correlation, its interval, the direction, NFE, machine and
@@ -64,9 +64,10 @@ class CalibrationSpec:
 
 
 def measure_spread(policy, prompts: list[str], reward, num_steps: int, shift: float, spec: CalibrationSpec,
-                   batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
-    """Reward spread of SDE at one step: `spread` (P, T) within-group std, `any_spread` (P, T) bool,
-    `reward_mean` (T,), `sigmas` (T,), `nfe`. Step T−1 is measured too but is no candidate."""
+                   batch_size: int = 64, progress: bool = False, include_last: bool = True) -> dict[str, Any]:
+    """Reward spread of SDE at one step: `spread` (P, S) within-group std, `any_spread` (P, S) bool,
+    `reward_mean` (S,), `sigmas` (T,), `nfe`; S = T, or T − 1 without the last step (no candidate; the
+    calibration inside training skips it)."""
     from aegpo.rollout import StepPlan, derive_seed, generate, sample_seeds
     from aegpo.strategies.base import expand_groups
 
@@ -74,10 +75,11 @@ def measure_spread(policy, prompts: list[str], reward, num_steps: int, shift: fl
     prompt_index, rank = expand_groups([g] * p)
     n = len(prompt_index)
     init = sample_seeds(derive_seed(spec.seed, "critical-steps", "init"), prompt_index, rank, True)
-    spread = np.zeros((p, num_steps))
-    reward_mean = np.zeros(num_steps)
+    measured = num_steps if include_last else num_steps - 1
+    spread = np.zeros((p, measured))
+    reward_mean = np.zeros(measured)
     nfe, sigmas = 0, None
-    for t in range(num_steps):
+    for t in range(measured):
         sde = torch.zeros(n, num_steps, dtype=torch.bool)
         sde[:, t] = True
         seeds = sample_seeds(derive_seed(spec.seed, "critical-steps", t), prompt_index, rank, False)
@@ -90,16 +92,22 @@ def measure_spread(policy, prompts: list[str], reward, num_steps: int, shift: fl
         nfe += ro.nfe
         sigmas = ro.sigmas[:-1].numpy()
         if progress:
-            log.info("critical steps: step %d/%d, reward spread %.4f", t + 1, num_steps, spread[:, t].mean())
+            log.info("critical steps: step %d/%d, reward spread %.4f", t + 1, measured, spread[:, t].mean())
     return {"spread": spread, "any_spread": spread > 0, "reward_mean": reward_mean, "sigmas": sigmas, "nfe": nfe}
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman ρ of each row pair of x, y (B, C) (average ranks for ties); NaN where a row is constant."""
+    from scipy.stats import rankdata
 
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")  # a constant curve has no ranking
-    return float(spearmanr(x, y).statistic)
+    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+    rx -= rx.mean(1, keepdims=True)
+    ry -= ry.mean(1, keepdims=True)
+    den = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (rx * ry).sum(1) / den
+    rho[(np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)] = np.nan  # a constant curve has no ranking
+    return rho
 
 
 def rank_correlation(entropy: np.ndarray, spread: np.ndarray, seed: int = 0,
@@ -109,14 +117,11 @@ def rank_correlation(entropy: np.ndarray, spread: np.ndarray, seed: int = 0,
     constant curve, leaves the interval (and ρ) None."""
     if entropy.shape != spread.shape or entropy.ndim != 2:
         raise ValueError(f"rank_correlation: entropy {entropy.shape} and spread {spread.shape} must be equal (P, C)")
-    rho = _spearman(entropy.mean(0), spread.mean(0))
-    rng = np.random.default_rng(seed)
+    rho = float(_spearman_rows(entropy.mean(0)[None], spread.mean(0)[None])[0])
     p = entropy.shape[0]
-    samples = []
-    for _ in range(boot):
-        idx = rng.integers(0, p, size=p)
-        samples.append(_spearman(entropy[idx].mean(0), spread[idx].mean(0)))
-    finite = np.array([s for s in samples if np.isfinite(s)])
+    idx = np.random.default_rng(seed).integers(0, p, size=(boot, p))  # (B, P) resampled prompts
+    samples = _spearman_rows(entropy[idx].mean(1), spread[idx].mean(1))
+    finite = samples[np.isfinite(samples)]
     if np.isfinite(rho) and len(finite) >= boot // 2:
         low, high = (float(v) for v in np.percentile(finite, [2.5, 97.5]))
     else:  # undefined: JSON null rather than NaN
@@ -137,7 +142,7 @@ def choose_direction(corr: dict[str, Any]) -> tuple[str, str]:
 
 
 def calibrate(policy, entropy_fn, prompts: list[str], reward, num_steps: int, shift: float, spec: CalibrationSpec,
-              probe_nfe: int, progress: bool = False) -> dict[str, Any]:
+              probe_nfe: int, progress: bool = False, include_last: bool = True) -> dict[str, Any]:
     """The measurement and the decision as a JSON-able dict.
 
     `entropy_fn(prompts)`: base Entropy(t) (P, T) from the fixed probe noise; `probe_nfe`: what probing
@@ -145,7 +150,8 @@ def calibrate(policy, entropy_fn, prompts: list[str], reward, num_steps: int, sh
     t0 = time.perf_counter()
     if num_steps < 3:
         raise ValueError(f"critical steps: need sampler.num_steps ≥ 3 to rank candidate steps, got {num_steps}")
-    measured = measure_spread(policy, prompts, reward, num_steps, shift, spec, progress=progress)
+    measured = measure_spread(policy, prompts, reward, num_steps, shift, spec, progress=progress,
+                              include_last=include_last)
     entropy = np.asarray(entropy_fn(prompts), dtype=np.float64)
     cand = num_steps - 1  # the last step (σ → 0) is never explored
     corr = rank_correlation(entropy[:, :cand], measured["spread"][:, :cand], seed=spec.seed)
@@ -154,7 +160,7 @@ def calibrate(policy, entropy_fn, prompts: list[str], reward, num_steps: int, sh
               "reward_spread": float(measured["spread"][:, t].mean()),
               "groups_with_spread": float(measured["any_spread"][:, t].mean()),
               "reward_mean": float(measured["reward_mean"][t]), "entropy": float(entropy[:, t].mean()),
-              "candidate": t < cand} for t in range(num_steps)]
+              "candidate": t < cand} for t in range(measured["spread"].shape[1])]
     return {"direction": direction, "reason": reason, **corr, "steps": steps, "prompts": len(prompts),
             "group": spec.group, "nfe": int(measured["nfe"] + probe_nfe), "rollout_nfe": int(measured["nfe"]),
             "probe_nfe": int(probe_nfe), "seconds": round(time.perf_counter() - t0, 2), "spec": asdict(spec)}
@@ -240,7 +246,8 @@ def load_or_calibrate(policy, entropy_fn, base_digest: str, prompts: list[str], 
             log.warning("critical steps: ignoring unreadable cache %s (%s); measuring again", path, err)
     log.info("critical steps: calibrating the peak direction on %d prompts × %d rollouts per step", len(prompts),
              spec.group)
-    result = calibrate(policy, entropy_fn, prompts, reward, s.num_steps, s.shift, spec, probe_nfe, progress)
+    result = calibrate(policy, entropy_fn, prompts, reward, s.num_steps, s.shift, spec, probe_nfe, progress,
+                       include_last=False)  # the last step is no candidate: not worth its rollouts here
     result["cache_key"] = key
     result["plot"] = str(plot(result, path.with_suffix(".png")))
     atomic_write_json(path, result)

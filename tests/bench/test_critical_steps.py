@@ -86,7 +86,8 @@ def test_auto_calibrates_once_records_the_choice_and_charges_its_nfe(tiny_base, 
     t1 = Trainer(params("a"), TRAIN, ["a blue circle"], progress=False)  # the shipped base: the reward varies
     cal = t1.peak_calibration
     assert cal["direction"] in ("high", "low") and t1.strategy.peak_direction == cal["direction"]
-    assert cal["nfe"] == 4 * 6 * 4 + 3 * 4 and Path(cal["plot"]).is_file() and cal["rho"] is not None
+    # 3 candidate steps × (3 prompts × 2 rollouts) × 4 denoising steps + the base probe of 3 prompts × 4 steps
+    assert cal["nfe"] == 3 * 6 * 4 + 3 * 4 and Path(cal["plot"]).is_file() and cal["rho"] is not None
     rec = t1.run_round()
     assert rec["plan"]["peak_direction"] == cal["direction"] and rec["plan"]["peak_calibration"]["rho"] == cal["rho"]
     # charged once: this round's current probe + base probes of its 2 prompts + the calibration
@@ -96,3 +97,16 @@ def test_auto_calibrates_once_records_the_choice_and_charges_its_nfe(tiny_base, 
     mtime = cached[0].stat().st_mtime_ns
     t2 = Trainer(params("b"), TRAIN, ["a blue circle"], progress=False)  # another run: the cache answers
     assert t2.peak_calibration == cal and cached[0].stat().st_mtime_ns == mtime
+
+
+def test_vectorised_spearman_matches_scipy():
+    from scipy.stats import spearmanr
+
+    from aegpo.bench.critical_steps import _spearman_rows
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((5, 9)), rng.standard_normal((5, 9))
+    y[0, :4] = 0.0  # ties
+    got = _spearman_rows(x, y)
+    np.testing.assert_allclose(got, [spearmanr(a, b).statistic for a, b in zip(x, y)], rtol=1e-12)
+    assert np.isnan(_spearman_rows(x[:1], np.zeros((1, 9))))[0]
