@@ -197,6 +197,8 @@ class Trainer:
         self.nfe += ro.nfe + work.plan.probe_nfe + update_calls * self.policy.nfe_per_call
         record = self._record(work.ctx, work.plan, ro, work.scored, work.advantages, work.stats, work.times)
         record.update(self.strategy.observe(work.ctx, ro, work.scored.score))
+        if work.ctx.round == 0:  # model loading, calibration, base eval and round 0 (not its eval) of a fresh run
+            record["seconds_to_first_round"] = time.perf_counter() - self._t_start
         self.round = work.ctx.round + 1
         if evaluation is not None:
             record["eval"] = evaluation
@@ -204,8 +206,6 @@ class Trainer:
             t0 = time.perf_counter()
             record["eval"] = self.evaluate()
             record["seconds_eval"] = time.perf_counter() - t0
-        if work.ctx.round == 0:  # model loading, calibration, base eval and round 0 of a fresh run
-            record["seconds_to_first_round"] = time.perf_counter() - self._t_start
         self._finish_round(record)
         return record
 

@@ -6,7 +6,7 @@ from aegpo.config import load_params
 from aegpo.profile import EntropyProfile
 from aegpo.strategies.base import RoundContext
 from aegpo.strategies.registry import STRATEGIES, build_strategy
-from aegpo.tables import PROFILE_SCHEMA, read_metadata, read_table
+from aegpo.tables import PROFILE_SCHEMA, read_table
 from aegpo.trainer import Trainer
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]

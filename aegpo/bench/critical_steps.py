@@ -126,7 +126,7 @@ def rank_correlation(entropy: np.ndarray, spread: np.ndarray, seed: int = 0,
         low, high = (float(v) for v in np.percentile(finite, [2.5, 97.5]))
     else:  # undefined: JSON null rather than NaN
         rho, low, high = (rho if np.isfinite(rho) else None), None, None
-    return {"rho": rho, "ci_low": low, "ci_high": high, "bootstrap": boot, "valid_bootstrap": int(len(finite))}
+    return {"rho": rho, "ci_low": low, "ci_high": high, "bootstrap": boot, "valid_bootstrap": len(finite)}
 
 
 def choose_direction(corr: dict[str, Any]) -> tuple[str, str]:
@@ -256,7 +256,8 @@ def load_or_calibrate(policy, entropy_fn, base_digest: str, prompts: list[str], 
 
 def record_summary(result: dict[str, Any]) -> dict[str, Any]:
     """What goes into a round record (plan info): the decision, its evidence and cost, without the step table."""
-    keys = ("direction", "reason", "rho", "ci_low", "ci_high", "prompts", "group", "nfe", "plot", "cache_key")
+    keys = ("direction", "reason", "rho", "ci_low", "ci_high", "prompts", "group", "nfe", "seconds", "plot",
+            "cache_key")
     out = {k: result.get(k) for k in keys}
     out["spread_by_step"] = [round(s["reward_spread"], 5) for s in result["steps"]]
     out["entropy_by_step"] = [round(s["entropy"], 5) for s in result["steps"]]

@@ -188,8 +188,8 @@ def table_markdown(summary: dict[str, Any]) -> str:
     head = (f"Target: eval strict accuracy {target:.3f}" if target is not None
             else "No target: no strategy's final mean is above the base")
     lines = [f"{head} (base {summary['base_strict']:.3f}, best final mean {summary['best_final_mean']:.3f})", "",
-             "| row | NFE to target (mean) | per seed | reached | final strict (mean ± std) | final dense "
-             "| time to first round | wall time / run |",
+             ("| row | NFE to target (mean) | per seed | reached | final strict (mean ± std) | final dense "
+              "| time to first round | wall time / run |"),
              "|---|---|---|---|---|---|---|---|"]
     for s, v in summary["strategies"].items():
         nfe = f"{v['nfe_to_target']:,.0f}" if v["nfe_to_target"] is not None else "not reached by all seeds"
