@@ -273,7 +273,7 @@ def run_critical_steps(params, out: str | Path, num_prompts: int | None = None, 
     from aegpo.models.registry import load_base_policy
     from aegpo.profile import EntropyProfile, ProbeSpec, probe
     from aegpo.prompt_files import read_prompt_file
-    from aegpo.rewards.registry import build_reward
+    from aegpo.rewards.registry import reward_from_params
     from aegpo.trainer import resolve_device
 
     overrides = ([f"aegpo.calibration_prompts={num_prompts}"] if num_prompts else []) + \
@@ -283,7 +283,7 @@ def run_critical_steps(params, out: str | Path, num_prompts: int | None = None, 
     project_dir = Path(project_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    reward = build_reward(params.reward.name, params.reward.weights, params.reward.models, project_dir)
+    reward = reward_from_params(params, project_dir)
     prompts = read_prompt_file(project_dir / params.train.prompts, reward.validate_prompt)
     prompts = prompts[: params.aegpo.calibration_prompts]
     policy, base_ref = load_base_policy(params.model, project_dir)
