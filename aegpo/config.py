@@ -157,7 +157,7 @@ class AEGPOParams(Section):
     calibration_seed: int = Field(0, description="peak_direction auto: noise seed of the calibration rollouts and its bootstrap.")
     min_spacing: int = Field(2, ge=1, description="peaks: minimum distance in steps between chosen peaks.")
     peak_scope: Literal["prompt", "batch"] = Field("prompt", description="Choose steps per prompt or once per round from the batch-mean Entropy(t).")
-    peak_source: Literal["probe", "base"] = Field("probe", description="Entropy(t) for the peaks: this round's probe of the current policy, or the cached base profile (free).")
+    peak_source: Literal["probe", "base"] = Field("probe", description="Entropy(t) for the step choice: this round's probe of the current policy, or the cached base profile (free).")
 
 
 class MixGRPOParams(Section):
