@@ -15,7 +15,8 @@ from aegpo.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
+TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
+         "a yellow circle and a red square"]
 
 
 def _prompts(tmp_path):
@@ -77,7 +78,8 @@ def test_an_interval_that_includes_zero_keeps_the_papers_maxima():
 def test_auto_calibrates_once_records_the_choice_and_charges_its_nfe(tiny_base, tmp_path):
     def params(out):
         return load_params(None, [
-            f"model.checkpoint={ROOT / 'checkpoints' / 'shapes-base'}", f"train.out_dir={tmp_path / out}", "train.strategy=aegpo",
+            f"model.checkpoint={ROOT / 'checkpoints' / 'shapes-base'}", f"train.out_dir={tmp_path / out}",
+            "train.strategy=aegpo",
             "train.rounds=1", "train.prompts_per_round=2", "train.group_size=3", "sampler.num_steps=4",
             "eval.num_steps=2", "train.eval_base=false", "model.lora.rank=2", "entropy.layers=[0, 1]",
             "aegpo.peaks_k=2", f"aegpo.cache_dir={tmp_path / 'cache'}", "aegpo.peak_direction=auto",
@@ -110,3 +112,21 @@ def test_vectorised_spearman_matches_scipy():
     got = _spearman_rows(x, y)
     np.testing.assert_allclose(got, [spearmanr(a, b).statistic for a, b in zip(x, y)], rtol=1e-12)
     assert np.isnan(_spearman_rows(x[:1], np.zeros((1, 9))))[0]
+
+
+def test_train_prints_time_to_first_round_and_the_calibrated_direction(tmp_path, capsys):
+    evals = tmp_path / "eval.txt"
+    evals.write_text("a blue circle\n")
+    args = ["train", "--params", str(ROOT / "params.yaml"), "-S", f"train.prompts={_prompts(tmp_path)}",
+            "-S", f"eval.prompts={evals}", "-S", f"train.out_dir={tmp_path / 'run'}", "-S", "train.rounds=1",
+            "-S", "train.prompts_per_round=2", "-S", "train.group_size=3", "-S", "aegpo.high_group=4",
+            "-S", "aegpo.low_group=2", "-S", "aegpo.floor=2", "-S", "aegpo.ceiling=4", "-S", "sampler.num_steps=4",
+            "-S", "aegpo.peaks_k=2", "-S", "eval.num_steps=2", "-S", "eval.samples_per_prompt=1",
+            "-S", "aegpo.calibration_prompts=3", "-S", "aegpo.calibration_group=2",
+            "-S", f"aegpo.cache_dir={tmp_path / 'cache'}",
+            "-S", f"model.checkpoint={ROOT / 'checkpoints' / 'shapes-base'}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "time to first round: " in out
+    line = next(x for x in out.splitlines() if x.startswith("peak direction: "))
+    assert "(auto; Spearman" in line and "NFE counted" in line and "critical-steps-" in line
