@@ -73,6 +73,9 @@ class RoundRecord:
     plan: dict[str, Any]  # the strategy's plan information (PLAN_KEYS)
     entropy_t: list[float] | None  # (T,) mean Entropy(t) of the rollouts; None when not recorded
     eval: dict[str, Any] | None = None  # aegpo.evaluate's result (strict, dense, reward, rows, ...) when due
+    # round 0 of a fresh run: wall seconds from the trainer's start (model loading, calibration, base eval) to the
+    # end of the round, its evaluation excluded
+    seconds_to_first_round: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # what the strategy's observe() returned
 
     @property
@@ -98,6 +101,8 @@ class RoundRecord:
             "per_prompt": [vars(p).copy() for p in self.per_prompt], "plan": self.plan,
             "entropy_t": self.entropy_t, **self.extra,
         }
+        if self.seconds_to_first_round is not None:
+            out["seconds_to_first_round"] = self.seconds_to_first_round
         if self.eval is not None:
             out["eval"] = self.eval
         if "eval" in self.seconds:
@@ -109,7 +114,7 @@ class RoundRecord:
         """Read a round-NNNN.json mapping back (unknown keys are the strategy's extras)."""
         known = {"round", "nfe", "rollout_nfe", "probe_nfe", "reward_mean", "reward_std", "adv_abs_mean",
                  "num_samples", "sde_steps_per_sample", "train_steps_per_sample", "per_prompt", "plan", "entropy_t",
-                 "eval", *UPDATE_KEYS}
+                 "eval", "seconds_to_first_round", *UPDATE_KEYS}
         try:
             return cls(
                 round=int(data["round"]), nfe=int(data["nfe"]), rollout_nfe=int(data.get("rollout_nfe", 0)),
@@ -121,9 +126,11 @@ class RoundRecord:
                 sde_steps_per_sample=float(data.get("sde_steps_per_sample", 0.0)),
                 train_steps_per_sample=float(data.get("train_steps_per_sample", 0.0)),
                 update=UpdateStats(**{k: float(data[k]) for k in UPDATE_KEYS if k in data}),
-                seconds={k[len("seconds_"):]: float(v) for k, v in data.items() if k.startswith("seconds_")},
+                seconds={k[len("seconds_"):]: float(v) for k, v in data.items()
+                         if k.startswith("seconds_") and k != "seconds_to_first_round"},
                 per_prompt=[PromptResult(**p) for p in data.get("per_prompt", [])],
                 plan=dict(data.get("plan") or {}), entropy_t=data.get("entropy_t"), eval=data.get("eval"),
+                seconds_to_first_round=data.get("seconds_to_first_round"),
                 extra={k: v for k, v in data.items()
                        if k not in known and not k.startswith(("reward_", "seconds_"))},
             )

@@ -129,7 +129,7 @@ def evaluate_checkpoint(spec: EvalSpec, label: str, reuse: bool = True) -> dict[
     from aegpo.eval_metrics import eval_summary
     from aegpo.evaluate import evaluate
     from aegpo.rewards.registry import reward_from_params
-    from aegpo.trainer import resolve_device
+    from aegpo.device import resolve_device
 
     params = spec.params()
     storage = open_storage(spec.storage_uri, spec.project)

@@ -69,7 +69,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def run_overhead(params: Params, out: str | Path, num_prompts: int = 32, repeats: int = 5,
                  variants: dict[str, dict[str, Any]] | None = None, select: str | None = None,
                  batch_size: int = 64) -> dict[str, Any]:
-    from aegpo.bench.efficiency import machine_description
+    from aegpo.bench.machine import machine_description
     from aegpo.checkpoint import load_policy
     from aegpo.prompt_files import read_prompt_file
     from aegpo.rollout import sample_seeds
@@ -115,7 +115,9 @@ def run_overhead(params: Params, out: str | Path, num_prompts: int = 32, repeats
         for name in times:
             rollout(name)
     k = min(params.aegpo.peaks_k, s.num_steps - 1)
-    direction = params.aegpo.peak_direction  # overlap of the steps the local level would choose
+    # overlap of the steps the local level would choose; `auto` is resolved only by training's calibration, so
+    # it is measured here on the paper's maxima
+    direction = params.aegpo.peak_direction if params.aegpo.peak_direction != "auto" else "high"
 
     def chosen(e):
         return select_steps(e, k, direction=direction)
