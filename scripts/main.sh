@@ -25,7 +25,9 @@ export PATH="$ROOT/.venv/bin:$PATH"
 if [ -z "${PREFECT_API_URL:-}" ]; then
   PORT="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   mkdir -p "$PREFECT_HOME"
-  prefect server start --host 127.0.0.1 --port "$PORT" > "$PREFECT_HOME/server.log" 2>&1 &
+  # The UI asks PREFECT_UI_API_URL for its API, else 127.0.0.1:4200 whatever --port says ("Can't connect").
+  PREFECT_UI_API_URL="http://127.0.0.1:$PORT/api" \
+    prefect server start --host 127.0.0.1 --port "$PORT" > "$PREFECT_HOME/server.log" 2>&1 &
   SERVER_PID=$!
   trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
   export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
@@ -35,7 +37,7 @@ if [ -z "${PREFECT_API_URL:-}" ]; then
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$PREFECT_HOME/server.log"; exit 1; }
     sleep 0.5
   done
-  echo "Prefect server for this job: ${PREFECT_API_URL%/api}"
+  echo "Prefect server for this job (UI while it runs): ${PREFECT_API_URL%/api}"
 fi
 
 if [ "${1:-}" = "--flow" ]; then
