@@ -164,9 +164,10 @@ def tiles_of(grid: np.ndarray, n: int, tile: int | None = None, columns: int = 1
 def allocation_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The round's allocation, one row per prompt: what a person asks of it first.
 
-    Columns: round, prompt, delta_entropy (None for strategies that measure none), budget (rollouts),
-    explored_steps (the SDE steps of the group, space separated), reward_mean, prompt_id,
-    base_entropy, current_entropy.
+    Columns: key ("r<round> <prompt>": MLflow's table view groups rows by the first column and shows the second,
+    so the pair makes one row per prompt and round, with its ΔEntropy), delta_entropy (None for strategies that
+    measure none), budget (rollouts), explored_steps (the SDE steps of the group, space separated), round,
+    prompt, reward_mean, prompt_id, base_entropy, current_entropy.
     """
     plan = record.get("plan") or {}
     pp = record.get("per_prompt", [])
@@ -177,7 +178,8 @@ def allocation_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         return list(values) if values is not None and len(values) == n else [None] * n
 
     delta, base, current, steps = col("delta_entropy"), col("base_entropy"), col("current_entropy"), col("chosen_steps")
-    return [{"round": record["round"], "prompt": p["prompt"], "delta_entropy": delta[i], "budget": p["group_size"],
-             "explored_steps": "" if steps[i] is None else " ".join(map(str, steps[i])),
-             "reward_mean": p["reward_mean"], "prompt_id": p["prompt_id"], "base_entropy": base[i],
+    r = record["round"]
+    return [{"key": f"r{r} {p['prompt']}", "delta_entropy": delta[i], "budget": p["group_size"],
+             "explored_steps": "" if steps[i] is None else " ".join(map(str, steps[i])), "round": r,
+             "prompt": p["prompt"], "reward_mean": p["reward_mean"], "prompt_id": p["prompt_id"], "base_entropy": base[i],
              "current_entropy": current[i]} for i, p in enumerate(pp)]

@@ -36,7 +36,7 @@ PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 ALLOCATION_TABLE = "tables/allocation.json"
-ALLOCATION_COLUMNS = ["round", "prompt", "delta_entropy", "budget", "explored_steps", "reward_mean", "prompt_id",
+ALLOCATION_COLUMNS = ["key", "delta_entropy", "budget", "explored_steps", "round", "prompt", "reward_mean", "prompt_id",
                       "base_entropy", "current_entropy"]
 
 

@@ -102,7 +102,8 @@ def test_allocation_table_grows_by_round_and_a_relogged_round_replaces_its_rows(
     table = pd.read_json(client.download_artifacts(run, ALLOCATION_TABLE, str(tmp_path)), orient="split")
     assert list(table["round"]) == [3, 3, 4, 4]
     assert list(table["budget"]) == [5, 3, 4, 2]
-    assert list(table.columns[:5]) == ["round", "prompt", "delta_entropy", "budget", "explored_steps"]
+    assert list(table.columns[:4]) == ["key", "delta_entropy", "budget", "explored_steps"]
+    assert table["key"][0] == "r3 a red circle" and {"round", "prompt"} <= set(table.columns)
     assert table["explored_steps"][0] == "0 1"
     logged = json.loads(client.get_run(run).data.tags["mlflow.loggedArtifacts"])
     assert {"path": ALLOCATION_TABLE, "type": "table"} in logged  # what the UI's table view lists
