@@ -102,25 +102,27 @@ def captioned_grid(groups: Sequence[tuple[str, str, np.ndarray]], title: str = "
     return np.asarray(canvas)
 
 
-def _score_detail(row: dict[str, Any]) -> str:
-    parts = [f"{k} {row[k]:.2f}" for k in ("reward", "strict", "dense") if isinstance(row.get(k), (int, float))]
-    return ", ".join(parts)
+def _score_detail(row: dict[str, Any], keys: Sequence[str] | None = None) -> str:
+    """'reward 0.42, strict 0.25, …': the row's scores in `keys` order (default: every number in the row)."""
+    keys = keys if keys is not None else [k for k, v in row.items() if isinstance(v, (int, float))]
+    return ", ".join(f"{k} {row[k]:.2f}" for k in keys if isinstance(row.get(k), (int, float)))
 
 
 def eval_grid(images: np.ndarray, rows: Sequence[dict[str, Any]], samples_per_prompt: int,
-              max_rows: int = MAX_ROWS, title: str = "") -> np.ndarray:
+              max_rows: int = MAX_ROWS, title: str = "", score_keys: Sequence[str] | None = None) -> np.ndarray:
     """The evaluation's samples, one row per prompt (the first `max_rows`), captioned with prompt and score.
 
     Args:
         images: uint8 (P·k, H, W, 3), prompt-major (the k samples of prompt 0 first), as aegpo.evaluate returns.
-        rows: per-prompt results in the same prompt order ({'prompt', 'reward', 'strict', 'dense'}).
+        rows: per-prompt results in the same prompt order ({'prompt', 'reward', <the reward's metrics>}).
         samples_per_prompt: k.
+        score_keys: the row scores in the caption, in order (default: every number in the row).
     """
     k = max(1, int(samples_per_prompt))
     if len(images) != len(rows) * k:
         raise ValueError(f"eval grid: {len(images)} images for {len(rows)} prompts × {k} samples")
     shown = min(len(rows), max_rows)
-    groups = [(rows[i]["prompt"], _score_detail(rows[i]), images[i * k:(i + 1) * k]) for i in range(shown)]
+    groups = [(rows[i]["prompt"], _score_detail(rows[i], score_keys), images[i * k:(i + 1) * k]) for i in range(shown)]
     more = f" (first {shown} of {len(rows)} prompts)" if shown < len(rows) else ""
     return captioned_grid(groups, (title or "Evaluation samples") + more)
 

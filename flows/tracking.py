@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from aegpo.eval_metrics import eval_summary
 from flows import media
 
 log = logging.getLogger("aegpo.flows.tracking")
@@ -301,15 +302,17 @@ class Tracker:
             if parent_id:
                 tags["mlflow.parentRunId"] = parent_id
             child = self.client.create_run(self.experiment_id, run_name=f"eval-{label}", tags=tags).info.run_id
-        metrics = {k: float(result[k]) for k in ("strict", "dense", "reward", "nfe") if isinstance(result.get(k), (int, float))}
+        metrics = {k: float(v) for k, v in eval_summary(result, ("nfe",)).items()}
         self.log_metrics(child, metrics, step=rounds_done)
         rows = result.get("rows") or []
         if rows:
             self.client.log_table(child, {k: [r.get(k) for r in rows] for k in rows[0]}, "tables/eval_rows.json")
         grid = None
         if images is not None and len(images) and rows:
-            title = f"Evaluation {label} ({rounds_done} rounds): strict {result.get('strict', float('nan')):.3f}"
-            grid = media.eval_grid(images, rows, int(result.get("samples_per_prompt", 1)), title=title)
+            headline = ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:2] if k != "nfe")
+            title = f"Evaluation {label} ({rounds_done} rounds): {headline}"
+            grid = media.eval_grid(images, rows, int(result.get("samples_per_prompt", 1)), title=title,
+                                   score_keys=[k for k in metrics if k != "nfe"])
             self.client.log_image(child, grid, artifact_file="samples/eval_grid.png")
         self.client.set_terminated(child, "FINISHED")
         if parent_id:

@@ -55,9 +55,9 @@ train = json.loads(Path("reports/train_metrics.json").read_text())
 final = json.loads(Path("reports/eval.json").read_text())
 base = train.get("base_eval") or {}
 print(f"\n== aegpo ({train['strategy']}): {train['rounds']} rounds, {train['nfe']} denoiser evaluations ==")
-for key in ("strict", "dense"):
+for key in [k for k in final if k != "eval_nfe"]:  # the reward's metrics, headline first
     before = base.get(key)
-    print(f"eval {key:6s} accuracy: {before if before is None else f'{before:.3f}'} (base) -> {final[key]:.3f} (trained)")
+    print(f"eval {key:6s}: {before if before is None else f'{before:.3f}'} (base) -> {final[key]:.3f} (trained)")
 PY
 # The experiment's id for a direct link (MLflow 3's UI opens its GenAI view unless the link says workflowType).
 EXP="$(python -c 'import sqlite3; print(sqlite3.connect("mlflow.db").execute(
