@@ -136,3 +136,21 @@ def test_dvc_plots_show_needs_no_network(reports, monkeypatch):
     for name, version in vendor.PACKAGES.items():
         assert f"/* {name} {version} */" in html
     assert html.count("vegaEmbed('#") == len(DVC["plots"]) and "Reward per round" in html
+
+
+def test_checkpoint_json_changes_with_any_checkpoint_file(reports):
+    """reports/checkpoint.json is what the evaluate stage depends on in place of the (cache-only) checkpoint."""
+    run, out = reports / "run", reports / "reports"
+    assert not (out / "checkpoint.json").exists()  # no checkpoint, no digest
+    (run / "checkpoint").mkdir()
+    (run / "checkpoint" / "manifest.json").write_text("{}")
+    (run / "checkpoint" / "adapter.safetensors").write_bytes(b"\0" * 64)
+    write_reports(run, out, "aegpo")
+    first = json.loads((out / "checkpoint.json").read_text())
+    assert sorted(first["files"]) == ["adapter.safetensors", "manifest.json"] and len(first["sha256"]) == 64
+    (run / "checkpoint" / "adapter.safetensors").write_bytes(b"\0" * 63 + b"\1")
+    write_reports(run, out, "aegpo")
+    second = json.loads((out / "checkpoint.json").read_text())
+    assert second["sha256"] != first["sha256"] and second["files"]["manifest.json"] == first["files"]["manifest.json"]
+    assert "reports/checkpoint.json" in DVC["stages"]["evaluate"]["deps"]
+    assert not any(d.startswith("artifacts/") for s in DVC["stages"].values() for d in s.get("deps", []))
