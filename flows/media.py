@@ -183,5 +183,5 @@ def allocation_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     r = record["round"]
     return [{"key": f"r{r} {p['prompt']}", "delta_entropy": delta[i], "budget": p["group_size"],
              "explored_steps": "" if steps[i] is None else " ".join(map(str, steps[i])), "round": r,
-             "prompt": p["prompt"], "reward_mean": p["reward_mean"], "prompt_id": p["prompt_id"], "base_entropy": base[i],
-             "current_entropy": current[i]} for i, p in enumerate(pp)]
+             "prompt": p["prompt"], "reward_mean": p["reward_mean"], "prompt_id": p["prompt_id"],
+             "base_entropy": base[i], "current_entropy": current[i]} for i, p in enumerate(pp)]

@@ -70,7 +70,8 @@ Where to look (with the venv active: source .venv/bin/activate):
                (the training view; experiment "aegpo": reward and eval curves, the allocation table, Entropy(t)
                plots, captioned sample grids, the LoRA checkpoint)
   DVC          dvc metrics show; dvc plots show (→ dvc_plots/index.html, works offline)
-               dvc exp show --only-changed --drop 'Created|State|Executor' --md
+               dvc exp show --only-changed --drop 'Created|State|Executor' --md \\
+                 --keep 'strict|dense|base_eval\.strict|nfe|train\.strategy|train\.rounds'
   Prefect UI   PREFECT_HOME=$PREFECT_HOME PREFECT_UI_API_URL=http://127.0.0.1:4200/api prefect server start --port 4200
                → http://127.0.0.1:4200 (another port: set PREFECT_UI_API_URL to match, else the UI shows
                "Can't connect to Server API"). Flow runs aegpo-train / round-NNNN with their states, artifacts
