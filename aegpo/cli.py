@@ -254,7 +254,7 @@ def cmd_pipeline_train(args) -> int:
 
 
 def cmd_pipeline_evaluate(args) -> int:
-    from flows.evaluate import evaluate_flow, prepare_eval
+    from flows.evaluation import evaluate_flow, prepare_eval
 
     prepare_eval(args.checkpoint, args.params, args.set, args.project_dir)
     r = evaluate_flow(args.checkpoint, args.params, args.set, args.project_dir, out=args.out, label=args.label,
@@ -268,7 +268,7 @@ def cmd_pipeline_evaluate(args) -> int:
 
 def cmd_pipeline_doctor(args) -> int:
     """Each tool's endpoint as this environment configures it (never credentials)."""
-    from aegpo.storage import StorageSettings, open_storage
+    from flows.storage import StorageSettings, open_storage
     from flows.tracking import default_tracking_uri
 
     settings = StorageSettings.from_env()

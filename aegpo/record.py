@@ -2,7 +2,7 @@
 
 `Trainer.end_round` builds a `RoundRecord`, writes it to `<out_dir>/rounds/round-NNNN.json`
 (`to_json`) and hands it to the trainer's callbacks; the pipeline's writers (MLflow metrics
-and tables in flows/tracking.py, the DVC reports in aegpo/reports.py, the Prefect summaries)
+and tables in flows/tracking.py, the DVC reports in flows/reports.py, the Prefect summaries)
 read its fields. `from_json` reads a stored record back, including records written before this
 class existed (the JSON layout is unchanged: a flat mapping, see `to_json`).
 
@@ -35,7 +35,7 @@ class PromptResult:
 
 @dataclass(frozen=True)
 class UpdateStats:
-    """The policy update's statistics (aegpo.grpo.policy_update), averaged over its micro-batches."""
+    """The policy update's statistics (aegpo.policy_update.policy_update), averaged over its micro-batches."""
 
     loss: float = 0.0  # policy loss + kl_beta · KL, per trained transition
     policy_loss: float = 0.0  # the PPO-clip term

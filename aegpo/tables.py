@@ -15,7 +15,7 @@ Tables (one row per ...):
   `log_probs` list<float32> (old log-probs of the trained steps, same order as `train_steps`),
   `entropy_t` list<float32> (Entropy(t) per step; empty when not recorded).
   Written by the pipeline's scoring task: `<run>/rounds/round-NNNN/rollouts.parquet`
-  (aegpo.round_io; `image` is `images.png#i`, tile i of the round's image grid).
+  (flows.round_io; `image` is `images.png#i`, tile i of the round's image grid).
 - **rewards** (image scored by `aegpo score` or a scoring task): `image` string, `prompt` string,
   `score` float64, one float64 column per reward part.
 - **round rewards** (sample of a training round; the scoring task's output, read back by the
@@ -27,7 +27,7 @@ Tables (one row per ...):
 
 Every table carries schema metadata `aegpo.schema` (its name) and, for per-part tables,
 `aegpo.reward_parts` (JSON list). Writes go to a temporary file in the same folder, then an
-atomic rename (`write_table`), or to bytes for aegpo.storage (`to_parquet_bytes`, one atomic
+atomic rename (`write_table`), or to bytes for flows.storage (`to_parquet_bytes`, one atomic
 PUT): a reader sees the old table or the new one, never half of one.
 """
 
@@ -82,7 +82,7 @@ def with_parts(schema: pa.Schema, parts: list[str], prefix: str = "") -> pa.Sche
 
 
 def to_parquet_bytes(table: pa.Table) -> bytes:
-    """The Parquet file of `table` as bytes (for aegpo.storage: one atomic PUT)."""
+    """The Parquet file of `table` as bytes (for flows.storage: one atomic PUT)."""
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()

@@ -25,14 +25,14 @@ from aegpo.checkpoint import load_base_policy, save_trained
 from aegpo.config import Params, flatten
 from aegpo.device import resolve_device
 from aegpo.ema import EMA
+from aegpo.entropy.profile import EntropyProfile, LazyBaseProfile, ProbeSpec, ProfileStore, probe
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.eval_metrics import metric_names
 from aegpo.evaluate import evaluate
-from aegpo.grpo import UpdateConfig, group_advantages, policy_update
 from aegpo.guard import NonFiniteRound, RoundSnapshot, RoundsRejectedError, require_finite
 from aegpo.io_utils import atomic_write_json
 from aegpo.models.base import Conditioning, LoraSpec
-from aegpo.profile import EntropyProfile, LazyBaseProfile, ProbeSpec, ProfileStore, probe
+from aegpo.policy_update import UpdateConfig, group_advantages, policy_update
 from aegpo.record import PromptResult, RejectedRound, RoundRecord, UpdateStats
 from aegpo.rewards.base import RewardResult
 from aegpo.rewards.registry import reward_from_params
@@ -290,7 +290,7 @@ class Trainer:
 
     def restore_round(self, rollout: Rollout, plan: RoundPlan, scored: RewardResult | None = None,
                       advantages: torch.Tensor | None = None, times: dict[str, float] | None = None) -> RoundWork:
-        """The RoundWork of round `self.round` rebuilt from stored stage outputs (aegpo.round_io)."""
+        """The RoundWork of round `self.round` rebuilt from stored stage outputs (flows.round_io)."""
         ctx = self._context(self.round)
         if rollout.prompts != ctx.prompts:
             raise ValueError(f"stored rollout of round {self.round} was sampled for other prompts than this "
@@ -320,7 +320,7 @@ class Trainer:
         return ids
 
     def _probe(self, prompts: list[str]):
-        """Entropy probe of the current policy (aegpo.profile.probe: fixed per-prompt noise)."""
+        """Entropy probe of the current policy (aegpo.entropy.profile.probe: fixed per-prompt noise)."""
         self.policy.eval()
         return probe(self.policy, prompts, self.probe_spec, self.recorder)
 

@@ -3,7 +3,7 @@ Prefect nor MLflow).
 
     flows/train.py      aegpo-train (+ subflow aegpo-round per round)
     flows/profiling.py    aegpo-profile (cached base-entropy profile)
-    flows/evaluate.py   aegpo-evaluate
+    flows/evaluation.py   aegpo-evaluate
     flows/tasks.py      the tasks; they exchange manifests (URIs, hashes, round numbers)
     flows/session.py    the per-process trainer the tasks share (one worker per GPU)
     flows/spec.py       RunSpec and the pre-flight checks of every input and service

@@ -153,8 +153,8 @@ def rollout_grid(images: np.ndarray, record: RoundRecord, max_rows: int = MAX_RO
 
 
 def tiles_of(grid: np.ndarray, n: int, tile: int | None = None, columns: int = 16) -> np.ndarray:
-    """The n (tile × tile) images of a stored grid (aegpo.round_io.image_grid layout) → uint8 (n, t, t, 3)."""
-    from aegpo.round_io import grid_tiles
+    """The n (tile × tile) images of a stored grid (flows.round_io.image_grid layout) → uint8 (n, t, t, 3)."""
+    from flows.round_io import grid_tiles
 
     cols = max(1, min(columns, n))
     side = tile or grid.shape[1] // cols

@@ -14,8 +14,8 @@ from typing import Any
 
 from prefect import flow
 
-from aegpo.storage import open_storage
 from flows.spec import prepare_run, resolve
+from flows.storage import open_storage
 from flows.tasks import profile_base_entropy
 
 

@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aegpo.round_io import RunStore
-from aegpo.storage import open_storage
 from aegpo.trainer import RoundWork, Trainer
+from flows.round_io import RunStore
 from flows.spec import RunSpec, read_prompts
+from flows.storage import open_storage
 
 LOCK_FILE = ".aegpo-run.lock"
 

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from aegpo.checkpoint import CheckpointError, read_manifest
 from aegpo.config import BUILTIN, Params, apply_overrides, load_params, params_from_dict
 from aegpo.prompt_files import read_prompt_file
-from aegpo.round_io import run_fingerprint, run_name
-from aegpo.storage import StorageSettings, open_storage
+from flows.round_io import run_fingerprint, run_name
+from flows.storage import StorageSettings, open_storage
 from flows.tracking import check_tracking, default_tracking_uri
 
 

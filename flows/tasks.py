@@ -2,7 +2,7 @@
 
 Each task receives the `RunSpec` and round numbers and returns URIs, hashes and a few numbers, never
 models or tensors. The round in flight stays in memory between a round's tasks (flows.session); what
-they store (aegpo.round_io) is a side output, read back only when the session was rebuilt in between
+they store (flows.round_io) is a side output, read back only when the session was rebuilt in between
 (a retry after a failure, another process).
 
 | task                  | reads                          | writes (store)                          | retries |
@@ -29,15 +29,15 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from aegpo.entropy.profile import ProbeSpec, cache_key
 from aegpo.eval_metrics import eval_summary, metric_names
-from aegpo.profile import ProbeSpec, cache_key
 from aegpo.record import RejectedRound, RoundRecord
-from aegpo.storage import StorageError, open_storage
 from aegpo.tables import PROFILE_SCHEMA, from_parquet_bytes
 from flows._prefect import publish_markdown, publish_table, retry_on_io, run_logger
 from flows.progress import step_logger
 from flows.session import mutating, session_for
 from flows.spec import RunSpec, read_prompts, resolve
+from flows.storage import StorageError, open_storage
 from flows.tracking import Tracker, allocation_table
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_io}
@@ -72,9 +72,9 @@ def _profile_cache_key(context: Any, parameters: dict[str, Any]) -> str:
       cache_expiration=timedelta(days=365), **IO_RETRIES)
 def profile_base_entropy(spec: RunSpec) -> dict[str, Any]:
     """The base policy's Entropy(t) over the train prompts: computed once per cache key, then reused."""
-    from aegpo.entropy.recorder import EntropyRecorder
     from aegpo.checkpoint import load_base_policy
-    from aegpo.profile import load_or_compute_base_profile
+    from aegpo.entropy.profile import load_or_compute_base_profile
+    from aegpo.entropy.recorder import EntropyRecorder
 
     params = spec.params()
     storage = open_storage(spec.storage_uri, spec.project)
@@ -234,7 +234,7 @@ class _RoundPublisher:
         if spec.mlflow_run_id:
             images = None
             if media:
-                from aegpo.round_io import png_array
+                from flows.round_io import png_array
 
                 images = png_array(self.session.store.storage.get_bytes(self.session.store.round_key(r, "images.png")))
             Tracker(spec.tracking_uri, spec.experiment).log_round(spec.mlflow_run_id, record, images, media)

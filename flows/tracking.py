@@ -27,8 +27,8 @@ import numpy as np
 
 from aegpo.eval_metrics import eval_summary
 from aegpo.record import UPDATE_KEYS, RoundRecord
-from flows.calibration_tracking import log_peak_calibration
 from flows import media
+from flows.calibration_tracking import log_peak_calibration
 
 log = logging.getLogger("aegpo.flows.tracking")
 
@@ -74,7 +74,7 @@ def check_tracking(uri: str, attempts: int = 3, delay: float = 1.0) -> None:
 
 def share_s3_endpoint() -> None:
     """MLflow reads its S3 endpoint from MLFLOW_S3_ENDPOINT_URL: default it to aegpo's (one setting for both)."""
-    from aegpo.storage import StorageSettings, quiet_credential_notices
+    from flows.storage import StorageSettings, quiet_credential_notices
 
     quiet_credential_notices()  # MLflow's S3 clients log "Found credentials" each, like ours
     endpoint = StorageSettings.from_env().endpoint_url

@@ -24,13 +24,13 @@ from prefect.cache_policies import NO_CACHE
 from aegpo.config import flatten
 from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.io_utils import atomic_directory
-from aegpo.reports import load_records, write_reports
-from aegpo.storage import open_storage
 from aegpo.strategies.registry import strategy_class
 from flows._prefect import flow_run_id, publish_markdown, run_logger
 from flows.progress import RoundProgress
+from flows.reports import load_records, write_reports
 from flows.session import drop_session, session_for
 from flows.spec import RunSpec, artifact_location, prepare_run, resolve, run_tags
+from flows.storage import open_storage
 from flows.tasks import (
     evaluate_policy,
     finish_round,
@@ -87,7 +87,7 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
                 shutil.copy2(table, tmp / f"{table.parent.name}.parquet")
     records = load_records(run_path)
     if spec.mlflow_run_id and records:  # every run ends with an Entropy(t) plot and a sample grid, however short
-        from aegpo.round_io import png_array
+        from flows.round_io import png_array
 
         grid = png_array(session.store.storage.get_bytes(session.store.round_key(records[-1].round, "images.png")))
         Tracker(spec.tracking_uri, spec.experiment).log_final_media(spec.mlflow_run_id, records[-1], grid)

@@ -38,7 +38,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from aegpo.local_server import free_port, wait_http
+from flows.local_server import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = "workflowType=machine_learning"  # MLflow 3.17's UI follows this switch, not the experiment's kind tag

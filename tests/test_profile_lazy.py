@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from aegpo.config import load_params
-from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.checkpoint import load_base_policy
-from aegpo.profile import ProbeSpec, ProfileStore, load_or_compute_base_profile, probe
+from aegpo.config import load_params
+from aegpo.entropy.profile import ProbeSpec, ProfileStore, load_or_compute_base_profile, probe
+from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.trainer import Trainer
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
@@ -64,7 +64,7 @@ def test_full_precomputation_reuses_the_per_prompt_store(tiny_base, tmp_path):
         return probe(policy.eval(), ps, spec, rec)
 
     store = ProfileStore(tmp_path / "cache", ref["manifest_sha256"], spec)
-    from aegpo.profile import LazyBaseProfile
+    from aegpo.entropy.profile import LazyBaseProfile
 
     lazy = LazyBaseProfile(counting, store, policy.nfe_per_call, 4)
     lazy.set_layer_names(rec.layer_names)

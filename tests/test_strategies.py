@@ -3,7 +3,7 @@ import pytest
 import torch
 from aegpo_testing import shipped_params
 
-from aegpo.profile import EntropyProfile
+from aegpo.entropy.profile import EntropyProfile
 from aegpo.strategies.base import RoundContext
 from aegpo.strategies.registry import STRATEGIES, build_strategy
 from aegpo.tables import PROFILE_SCHEMA, read_table

@@ -220,7 +220,7 @@ def table_markdown(result: dict[str, Any]) -> str:
 def calibration_key(base_digest: str, prompts: list[str], probe_spec, spec: CalibrationSpec, num_steps: int,
                     shift: float) -> str:
     """Keyed like the base profile (base digest, prompt set, probe parameters) plus the calibration settings."""
-    from aegpo.profile import cache_key
+    from aegpo.entropy.profile import cache_key
 
     blob = json.dumps({"profile": cache_key(base_digest, prompts, probe_spec), "calibration": asdict(spec),
                        "num_steps": num_steps, "shift": shift}, sort_keys=True, default=str)
@@ -230,7 +230,7 @@ def calibration_key(base_digest: str, prompts: list[str], probe_spec, spec: Cali
 def load_or_calibrate(policy, entropy_fn, base_digest: str, prompts: list[str], reward, params, probe_nfe: int,
                       cache_dir: str | Path, progress: bool = False) -> tuple[dict[str, Any], bool]:
     """(result, whether it was computed now); cached as JSON + PNG in `cache_dir`. `policy` must be the base."""
-    from aegpo.profile import ProbeSpec
+    from aegpo.entropy.profile import ProbeSpec
 
     spec = CalibrationSpec.from_params(params)
     s = params.sampler
@@ -271,8 +271,8 @@ def run_critical_steps(params, out: str | Path, num_prompts: int | None = None, 
     from aegpo.checkpoint import load_base_policy
     from aegpo.config import apply_overrides, params_from_dict
     from aegpo.device import resolve_device
+    from aegpo.entropy.profile import EntropyProfile, ProbeSpec, probe
     from aegpo.entropy.recorder import EntropyRecorder
-    from aegpo.profile import EntropyProfile, ProbeSpec, probe
     from aegpo.prompt_files import read_prompt_file
     from aegpo.rewards.registry import reward_from_params
 

@@ -14,7 +14,7 @@ trainer uses (aegpo.models.sd3 / aegpo.models.flux, LoRA r32 on the attention pr
 - **rollout**: `aegpo.rollout.generate` (SDE steps, float32 sampler arithmetic, log-probs), images/s
   and MFU, with entropy recording off and with each recording variant on (same seeds, interleaved
   repeats, medians); the overhead of a variant is its time ratio − 1 and its extra peak memory;
-- **training**: one `aegpo.grpo.policy_update` over the rollout's trained transitions (gradient
+- **training**: one `aegpo.policy_update.policy_update` over the rollout's trained transitions (gradient
   checkpointing on): seconds per step and per transition, peak memory;
 - **correctness**: recording processors return exactly what diffusers' default processors return
   (JointAttnProcessor2_0, FluxAttnProcessor: double- and single-stream blocks); the fused and chunked
@@ -44,7 +44,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
 
 # ----- published configs (transformer/config.json of the hub repos), hard-coded: no download -----------
 SD35_MEDIUM = dict(  # stabilityai/stable-diffusion-3.5-medium
@@ -296,8 +295,8 @@ def recorder_for(variant: dict[str, Any], num_layers: int):
 
 
 def measure_model(kind: str, args, device: torch.device, dtype: torch.dtype, emit) -> dict[str, Any]:
-    from aegpo.grpo import UpdateConfig, policy_update
     from aegpo.models.base import LoraSpec
+    from aegpo.policy_update import UpdateConfig, policy_update
     from aegpo.rollout import StepPlan, generate
 
     t_start = time.perf_counter()

@@ -21,7 +21,7 @@ import torch
 from diffusers import FluxPipeline
 
 from aegpo.entropy.flux import EntropyFluxAttnProcessor, FluxTokenLayout
-from aegpo.models.pipeline_policy import PipelinePolicy
+from aegpo.models.diffusers_policy import PipelinePolicy
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from aegpo.models.pipeline_policy import PipelinePolicy
+from aegpo.models.diffusers_policy import PipelinePolicy
 
 
 class SD3Policy(PipelinePolicy):

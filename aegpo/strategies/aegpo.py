@@ -2,7 +2,7 @@
 
 Each round (switches in params.yaml `aegpo:`):
 
-0. Base Entropy(t) of the round's prompts from the lazy base profile (aegpo/profile.py): prompts seen
+0. Base Entropy(t) of the round's prompts from the lazy base profile (aegpo/entropy/profile.py): prompts seen
    for the first time are probed under the base policy now; their NFE is charged to the run the first
    time the run uses them (also when another run already cached them: runs compare as fresh runs).
 1. Current Entropy(t) per prompt: a probe of the current policy (`delta_source: probe`, one ODE

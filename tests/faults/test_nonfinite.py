@@ -15,14 +15,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from aegpo_testing import shipped_params
 
-import aegpo.grpo
+import aegpo.policy_update
 from aegpo.checkpoint import load_policy
 from aegpo.config import ParamsError, load_params
 from aegpo.guard import RoundsRejectedError
 from aegpo.record import RoundRecord
 from aegpo.trainer import Trainer
-from aegpo_testing import shipped_params
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
 EVAL = ["a blue circle"]
@@ -112,13 +112,13 @@ def test_nonfinite_loss_is_rejected_before_the_step(tiny_base, tmp_path, monkeyp
     trainer = Trainer(_params(tiny_base, tmp_path / "run"), TRAIN, EVAL, progress=False)
     _run_good_rounds(trainer, 1)
     good_w, good_opt = _weights(trainer), _opt_state(trainer)
-    clipped = aegpo.grpo.clipped_loss
+    clipped = aegpo.policy_update.clipped_loss
 
     def nan_loss(*args, **kwargs):
         per, ratio = clipped(*args, **kwargs)
         return per * float("nan"), ratio
 
-    monkeypatch.setattr(aegpo.grpo, "clipped_loss", nan_loss)
+    monkeypatch.setattr(aegpo.policy_update, "clipped_loss", nan_loss)
     rec = trainer.run_round()
     assert rec.rejected.startswith("loss: ")
     assert _same(_weights(trainer), good_w) and _same_state(_opt_state(trainer), good_opt)

@@ -6,11 +6,11 @@ import torch
 from aegpo_testing import shipped_params
 from fixtures.tiny_pipelines import save_flux, save_sd3
 
+from aegpo.checkpoint import load_base_policy
 from aegpo.config import ParamsError
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.models.base import LoraSpec
-from aegpo.models.pipeline_policy import PretrainedModelError
-from aegpo.checkpoint import load_base_policy
+from aegpo.models.diffusers_policy import PretrainedModelError
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -160,7 +160,7 @@ def test_relative_path_is_relative_to_the_project(folders):
 
 
 def test_entropy_probes_skip_the_vae(folders, monkeypatch):
-    from aegpo.profile import ProbeSpec, probe
+    from aegpo.entropy.profile import ProbeSpec, probe
 
     policy, _ = load(folders["flux"], "flux")
     recorder = EntropyRecorder(layers=[0, -1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from aegpo.local_server import free_port, wait_http  # noqa: F401 (re-exported to the tests)
+from flows.local_server import free_port, wait_http  # noqa: F401 (re-exported to the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -7,7 +7,6 @@ import re
 import shlex
 
 import yaml
-
 from pipeline_helpers import REPO, VENV_BIN
 
 DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()
@@ -57,11 +56,11 @@ def test_compose_services_run_commands_that_exist():
 
 
 def test_compose_settings_are_the_ones_aegpo_reads():
-    storage = (REPO / "aegpo" / "storage.py").read_text()
+    storage = (REPO / "flows" / "storage.py").read_text()
     env = {**COMPOSE["x-aegpo-env"], **COMPOSE["services"]["worker-gpu0"]["environment"]}
     for key in env:
         if key.startswith("AEGPO_"):
-            assert f'"{key}"' in storage, f"aegpo.storage does not read {key}"
+            assert f'"{key}"' in storage, f"flows.storage does not read {key}"
 
 
 def test_lock_pins_torch_and_the_pipeline_stack():

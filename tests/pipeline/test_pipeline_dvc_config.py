@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 import yaml
+from pipeline_helpers import REPO
 
 from aegpo.config import load_params
-from aegpo.reports import write_reports
-from pipeline_helpers import REPO
+from flows.reports import write_reports
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -58,7 +58,7 @@ def test_deps_exist_or_are_produced_and_commands_resolve():
 
 @pytest.fixture
 def reports(tmp_path):
-    """Reports written by aegpo.reports from two synthetic round records."""
+    """Reports written by flows.reports from two synthetic round records."""
     run = tmp_path / "run"
     (run / "rounds").mkdir(parents=True)
     (run / "eval_base.json").write_text(json.dumps({"strict": 0.1, "dense": 0.3, "reward": 0.2}))
@@ -88,7 +88,7 @@ def test_plots_and_metrics_refer_to_columns_the_reports_write(reports):
 
 def test_each_metric_has_one_name_in_dvc_metrics_show(reports):
     """train_metrics.json and the evaluate stage's eval.json share no figure (e.g. base_eval.strict vs base_strict)."""
-    from flows.evaluate import out_metrics
+    from flows.evaluation import out_metrics
 
     train = json.loads((reports / "reports" / "train_metrics.json").read_text())
     assert set(train) == {"strategy", "rounds", "nfe", "reward_mean", "base_eval"}, sorted(train)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from aegpo.storage import StorageSettings, make_s3_client
+from flows.storage import StorageSettings, make_s3_client
 
 
 def test_found_credentials_is_logged_once(caplog, monkeypatch):

@@ -71,7 +71,7 @@ def test_rollout_grid_follows_the_groups():
 
 
 def test_tiles_of_inverts_the_stored_grid():
-    from aegpo.round_io import image_grid
+    from flows.round_io import image_grid
 
     tiles = _tiles(20, 8)
     assert np.array_equal(media.tiles_of(image_grid(tiles), 20), tiles)
@@ -112,7 +112,7 @@ def test_allocation_table_grows_by_round_and_a_relogged_round_replaces_its_rows(
 
 
 def test_final_media_is_logged_once(mlflow_db, tmp_path):
-    from aegpo.round_io import image_grid
+    from flows.round_io import image_grid
 
     tracker = Tracker(mlflow_db, "exp", (tmp_path / "mlruns").as_uri())
     run = tracker.start_training_run("x", {"aegpo.run_dir": "r", "aegpo.fingerprint": "f", "aegpo.kind": "training"},

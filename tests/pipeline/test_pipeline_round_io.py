@@ -1,4 +1,4 @@
-"""aegpo.round_io: the stored forms of a round (tables, image grid) hold what the issue asks for."""
+"""flows.round_io: the stored forms of a round (tables, image grid) hold what the issue asks for."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 from aegpo_testing import shipped_params
 from pipeline_helpers import EVAL_PROMPTS, TRAIN_PROMPTS
 
-from aegpo.round_io import RunStore, grid_tiles, image_grid, run_fingerprint, run_name
-from aegpo.storage import LocalStorage
 from aegpo.tables import ROLLOUT_SCHEMA, ROUND_REWARD_SCHEMA, check_schema
 from aegpo.trainer import Trainer
+from flows.round_io import RunStore, grid_tiles, image_grid, run_fingerprint, run_name
+from flows.storage import LocalStorage
 
 
 def test_image_grid_round_trip():

@@ -1,4 +1,4 @@
-"""aegpo.storage: local and S3 stores behave alike; trees are read through their manifest only."""
+"""flows.storage: local and S3 stores behave alike; trees are read through their manifest only."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import time
 
 import pyarrow as pa
 import pytest
-
-from aegpo.storage import LocalStorage, S3Storage, StorageError, StorageSettings, open_storage
-from aegpo.tables import PROFILE_SCHEMA, ROLLOUT_SCHEMA, from_parquet_bytes, to_parquet_bytes, with_parts
 from pipeline_helpers import free_port
+
+from aegpo.tables import PROFILE_SCHEMA, ROLLOUT_SCHEMA, from_parquet_bytes, to_parquet_bytes, with_parts
+from flows.storage import LocalStorage, S3Storage, StorageError, StorageSettings, open_storage
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -12,11 +12,11 @@ import torch
 from mlflow import MlflowClient
 
 from aegpo.config import flatten
-from aegpo.storage import StorageError
 from aegpo.trainer import Trainer
 from flows import session as sessions
 from flows._prefect import is_transient
 from flows.spec import prepare_run, read_prompts, run_tags
+from flows.storage import StorageError
 from flows.tasks import (
     _profile_cache_key,
     evaluate_policy,
@@ -89,7 +89,7 @@ def test_tasks_train_what_the_trainer_trains(make_project, mlflow_db):
     assert client.list_artifacts(run_id, "plots/entropy_t") and client.list_artifacts(run_id, "images")
 
     # Evaluating the final checkpoint again gives what the run measured, so the flow may reuse it.
-    from flows.evaluate import evaluate_checkpoint, prepare_eval
+    from flows.evaluation import evaluate_checkpoint, prepare_eval
 
     espec = prepare_eval(str(run / "checkpoint"), "params.yaml", [], proj, tracking_uri=mlflow_db)
     fresh = evaluate_checkpoint.fn(espec, "fresh", reuse=False)

@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict
 from aegpo.checkpoint import CheckpointError, read_manifest
 from aegpo.config import Params, load_params, params_from_dict
 from aegpo.io_utils import atomic_write_json
-from aegpo.round_io import RunStore
-from aegpo.storage import Storage, open_storage
 from flows._prefect import publish_markdown, run_logger
+from flows.round_io import RunStore
 from flows.spec import params_file, read_prompts, resolve
+from flows.storage import Storage, open_storage
 from flows.tasks import IO_RETRIES
 from flows.tracking import Tracker, check_tracking, default_tracking_uri
 
@@ -100,7 +100,7 @@ def _reusable_eval(spec: EvalSpec, params: Params, meta: dict[str, Any], storage
     import json
 
     from aegpo.config import flatten
-    from aegpo.round_io import grid_tiles, png_array
+    from flows.round_io import grid_tiles, png_array
 
     rounds, trained = meta.get("round"), meta.get("params") or {}
     if not run_dir or not rounds:
@@ -126,10 +126,10 @@ def _reusable_eval(spec: EvalSpec, params: Params, meta: dict[str, Any], storage
 def evaluate_checkpoint(spec: EvalSpec, label: str, reuse: bool = True) -> dict[str, Any]:
     """Evaluate the checkpoint; store rows and images; log an MLflow (child) run."""
     from aegpo.checkpoint import load_policy
+    from aegpo.device import resolve_device
     from aegpo.eval_metrics import eval_summary
     from aegpo.evaluate import evaluate
     from aegpo.rewards.registry import reward_from_params
-    from aegpo.device import resolve_device
 
     params = spec.params()
     storage = open_storage(spec.storage_uri, spec.project)

@@ -1,6 +1,6 @@
 """A training run's stored artifacts: what each pipeline stage writes and the next one reads.
 
-Layout in an aegpo.storage store (`<run>` is the run folder relative to the project, e.g.
+Layout in an flows.storage store (`<run>` is the run folder relative to the project, e.g.
 `runs/train/aegpo-1a2b3c4d`):
 
     <run>/rounds/round-NNNN/transitions.safetensors   the rollout (sampling task → update task):
@@ -16,7 +16,7 @@ Layout in an aegpo.storage store (`<run>` is the run folder relative to the proj
     <run>/state/, <run>/checkpoint/                   resumable state and trained weights
                                                       (safetensors; trees with a manifest in S3)
 
-Everything is written atomically (aegpo.storage), and a stage only reads what an earlier stage
+Everything is written atomically (flows.storage), and a stage only reads what an earlier stage
 finished writing, so a killed run never leaves a half-written table or checkpoint behind.
 """
 
@@ -39,10 +39,17 @@ from safetensors.torch import save as st_save
 from aegpo.config import Params, flatten
 from aegpo.rewards.base import RewardResult
 from aegpo.rollout import Rollout, StepPlan
-from aegpo.storage import Storage, StoredObject
 from aegpo.strategies.base import RoundPlan
-from aegpo.tables import (EVAL_ROWS_SCHEMA, ROLLOUT_SCHEMA, ROUND_REWARD_SCHEMA, from_parquet_bytes,
-                          to_parquet_bytes, with_metadata, with_parts)
+from aegpo.tables import (
+    EVAL_ROWS_SCHEMA,
+    ROLLOUT_SCHEMA,
+    ROUND_REWARD_SCHEMA,
+    from_parquet_bytes,
+    to_parquet_bytes,
+    with_metadata,
+    with_parts,
+)
+from flows.storage import Storage, StoredObject
 
 GRID_COLUMNS = 16
 RESUMABLE_PREFIXES = ("train.rounds", "train.eval_every", "train.save_every", "eval.")  # = Trainer.RESUME_MAY_CHANGE

@@ -290,8 +290,15 @@ class S3Storage(Storage):
 
     def _call(self, what: str, key: str, fn, **kwargs):
         """Run one boto3 call, turning botocore's errors into StorageError / FileNotFoundError."""
-        from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
-                                         EndpointConnectionError, NoCredentialsError, ReadTimeoutError)
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
 
         where = f"{self.uri(key)} at {self.endpoint}"
         try:
