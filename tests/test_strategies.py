@@ -47,13 +47,13 @@ def test_base_profile_is_lazy_cached_per_prompt_and_matches_schema(tiny_base, tm
     r1 = t1.run_round()
     shards = sorted(store.glob("part-*.parquet"))
     assert len(shards) == 1 and read_table(shards[0], PROFILE_SCHEMA).num_rows == 3 * 5 * 2  # prompts × steps × layers
-    assert t1.base_profile.computed_nfe == 15 and r1["plan"]["base_probe_nfe"] == 15
+    assert t1.base_profile.computed_nfe == 15 and r1.plan["base_probe_nfe"] == 15
     mtime = shards[0].stat().st_mtime_ns
     t2 = Trainer(_params(tiny_base, tmp_path, "aegpo_local", "train.out_dir=" + str(tmp_path / "x")), TRAIN, EVAL,
                  progress=False)
     r2 = t2.run_round()  # same seed: the same 3 prompts, read from the store
     assert t2.base_profile_path == store and t2.base_profile.computed_nfe == 0 and shards[0].stat().st_mtime_ns == mtime
-    assert r2["plan"]["base_probe_nfe"] == 15  # charged as a fresh run would pay, cached or not
+    assert r2.plan["base_probe_nfe"] == 15  # charged as a fresh run would pay, cached or not
     t3 = Trainer(_params(tiny_base, tmp_path, "aegpo", "aegpo.probe_seed=7", "train.out_dir=" + str(tmp_path / "y")),
                  TRAIN, EVAL, progress=False)
     assert t3.base_profile_path != store  # probe parameters are part of the key
