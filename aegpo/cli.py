@@ -6,6 +6,7 @@
     aegpo evaluate  [--checkpoint DIR] [--prompts FILE] --out FILE.json
     aegpo score     --reward shapes --images DIR --prompts FILE --out FILE.json
     aegpo pipeline  profile | train | evaluate | doctor   (Prefect flows, see docs/pipeline.md)
+    aegpo tiny      --kind sd3|flux|pickscore --out DIR   (tiny random real models, docs/models.md)
 
 `-S` overrides use the grammar of `dvc exp run -S` (the value is YAML).
 """
@@ -157,6 +158,25 @@ def cmd_bench_overhead(args) -> int:
     print((Path(args.out) / "overhead.md").read_text())
     print(f"selected ({summary['selected_variant']}): time ratio {summary['time_ratio']:.3f}, "
           f"memory ratio {summary['memory_ratio']:.3f} -> {args.out}/summary.json")
+    return 0
+
+
+def cmd_tiny(args) -> int:
+    """Write a tiny random-weight SD3/FLUX pipeline or PickScore folder and print the overrides that use it."""
+    import shlex
+
+    from aegpo.tiny import write_tiny
+
+    tiny = write_tiny(args.kind, args.out, seed=args.seed, overwrite=args.overwrite)
+    size = sum((tiny.path / f).stat().st_size for f in tiny.files)
+    print(f"wrote a tiny random-weight {tiny.kind} folder to {tiny.path} ({len(tiny.files)} files, "
+          f"{size / 1e6:.1f} MB; random weights: images and scores are noise, for trying the plumbing):")
+    for f in tiny.files:
+        print(f"  {f}")
+    print("use it with these parameter overrides (relative paths resolve against the project folder):")
+    for o in tiny.overrides:
+        print(f"  -S {shlex.quote(o)}")
+    print("e.g. aegpo train " + " ".join(f"-S {shlex.quote(o)}" for o in tiny.overrides))
     return 0
 
 
@@ -341,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_overhead)
 
     add_pipeline_parser(sub)
+
+    p = sub.add_parser("tiny", help="write a tiny random-weight sd3/flux pipeline or pickscore reward folder")
+    p.add_argument("--kind", required=True, choices=["sd3", "flux", "pickscore"])
+    p.add_argument("--out", required=True, help="folder to write (refused if it exists and is not empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(func=cmd_tiny)
     return parser
 
 
