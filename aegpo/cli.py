@@ -173,10 +173,11 @@ def cmd_tiny(args) -> int:
           f"{size / 1e6:.1f} MB; random weights: images and scores are noise, for trying the plumbing):")
     for f in tiny.files:
         print(f"  {f}")
-    print("use it with these parameter overrides (relative paths resolve against the project folder):")
-    for o in tiny.overrides:
-        print(f"  -S {shlex.quote(o)}")
-    print("e.g. aegpo train " + " ".join(f"-S {shlex.quote(o)}" for o in tiny.overrides))
+    flags = " ".join(f"-S {shlex.quote(o)}" for o in tiny.overrides)
+    print("use it with these overrides (the same for aegpo and dvc; relative paths resolve against the project):")
+    print(f"  aegpo pipeline train {flags}\n  dvc exp run {flags}")
+    if tiny.kind == "pickscore":
+        print("  with a tiny model too: add the overrides that `aegpo tiny --kind sd3` (or flux) prints")
     return 0
 
 

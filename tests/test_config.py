@@ -36,6 +36,18 @@ def test_override_grammar_matches_dvc_exp_run_S():
     assert (p.train.rounds, p.model.lora.rank, p.train.optim.lr) == (7, 4, 0.001)
 
 
+def test_hydra_prefixes_of_dvc_exp_run_S():
+    """`+`/`++` set, `~` deletes (in order, with or without the file prefix), as `dvc exp run -S` takes them."""
+    raw = {"reward": {"name": "shapes", "weights": {"dense": 0.5, "strict": 0.5}, "models": {}}}
+    out = apply_overrides(raw, ["++reward.name=pickscore", "~reward.weights",
+                                "params.yaml:+reward.weights={pickscore: 1}", "++reward.models.pickscore.path=models/p",
+                                "~model.absent", "params.yaml:~reward.aggregate"])
+    assert out == {"reward": {"name": "pickscore", "weights": {"pickscore": 1},
+                              "models": {"pickscore": {"path": "models/p"}}}}
+    assert raw["reward"]["weights"] == {"dense": 0.5, "strict": 0.5}  # the input is not changed
+    assert apply_overrides({"a": {"b": 1}}, ["~a.b=1"]) == {"a": {}}
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -39,19 +39,24 @@ def _yaml_value(path: str | Path) -> str:
 
 
 def overrides(kind: str, path: str | Path) -> tuple[str, ...]:
-    """The `-S key=value` overrides that make a run use the tiny folder `path` of `kind`.
+    """The `-S` overrides that make a run use the tiny folder `path` of `kind`.
 
-    Model kinds: 32-pixel images in float32 (CPU-friendly), 16 T5 tokens, entropy recorded on
-    both blocks of the tiny transformer (the default layers 2-4 exist only in the built-in model).
+    They work alike with `aegpo train/pipeline -S` and `dvc exp run -S` (Hydra grammar: `++key=value`
+    adds or sets a key params.yaml may lack; `reward.weights` is deleted with `~` and added again because
+    DVC would merge a new mapping into the shapes weights). Model kinds: 32-pixel images in float32
+    (CPU-friendly), 16 T5 tokens, entropy recorded on both blocks of the tiny transformer (the default
+    layers 2-4 exist only in the built-in model).
     """
     path = _yaml_value(path)
     if kind in ("sd3", "flux"):
         from aegpo.tiny.pipelines import RESOLUTION
 
-        return (f"model.kind={kind}", f"model.pretrained.path={path}", f"model.pretrained.resolution={RESOLUTION}",
-                "model.pretrained.dtype=float32", "model.pretrained.max_sequence_length=16", "entropy.layers=[0, 1]")
+        return (f"++model.kind={kind}", f"++model.pretrained.path={path}",
+                f"++model.pretrained.resolution={RESOLUTION}", "++model.pretrained.dtype=float32",
+                "++model.pretrained.max_sequence_length=16", "++entropy.layers=[0, 1]")
     if kind == "pickscore":
-        return ("reward.name=pickscore", "reward.weights={pickscore: 1.0}", f"reward.models={{pickscore: {{path: {path}}}}}")
+        return ("++reward.name=pickscore", "~reward.weights", "+reward.weights={pickscore: 1.0}",
+                f"++reward.models.pickscore.path={path}")
     raise ValueError(f"--kind: unknown tiny kind {kind!r} (expected one of {', '.join(KINDS)})")
 
 
