@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling factor of the PNG")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("evaluate", help="strict/dense accuracy of a checkpoint on a prompt file")
+    p = sub.add_parser("evaluate", help="eval metrics of the reward (shapes: strict/dense accuracy) for a checkpoint")
     _add_params(p)
     p.add_argument("--checkpoint", default=None, help="default: model.checkpoint (the shipped base)")
     p.add_argument("--prompts", default=None, help="default: eval.prompts (the eval split)")
