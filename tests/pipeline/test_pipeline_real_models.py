@@ -34,6 +34,18 @@ RUN = ["train.prompts=data/small/train.txt", "eval.prompts=data/small/eval.txt",
        "aegpo.peaks_k=2", "aegpo.high_group=4", "aegpo.low_group=2", "aegpo.floor=2", "aegpo.ceiling=4"]
 
 
+def _in_project(project, tiny: dict[str, tuple], *kinds: str) -> list[str]:
+    """Copy the tiny folders of `kinds` to <project>/models/<kind>; their overrides with project-relative paths."""
+    out = []
+    for kind in kinds:
+        folder, overrides = tiny[kind]
+        shutil.copytree(folder, project / "models" / kind)
+        relative = [o.replace(str(folder), f"models/{kind}") for o in overrides]
+        assert relative != overrides, overrides  # the folder's path was in the overrides
+        out += relative
+    return out
+
+
 def _tiny(kind: str, out) -> list[str]:
     """Run `aegpo tiny --kind KIND --out OUT`; return the -S overrides of the `aegpo pipeline train` it prints."""
     buf = io.StringIO()
@@ -48,9 +60,9 @@ def _tiny(kind: str, out) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    """{kind: overrides} for the tiny sd3, flux and pickscore folders written by `aegpo tiny`."""
+    """{kind: (folder, overrides)} for the tiny sd3, flux and pickscore folders written by `aegpo tiny`."""
     root = tmp_path_factory.mktemp("tiny-models")
-    return {kind: _tiny(kind, root / kind) for kind in ("sd3", "flux", "pickscore")}
+    return {kind: (root / kind, _tiny(kind, root / kind)) for kind in ("sd3", "flux", "pickscore")}
 
 
 def _write_prompts(project) -> None:
@@ -79,7 +91,8 @@ def test_aegpo_pipeline_train_with_pickscore(kind, tiny_models, prefect_api, mlf
     _write_prompts(project)
     shutil.copy(REPO / "params.yaml", project / "params.yaml")  # the shipped parameters, as a user starts
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
-    overrides = [*tiny_models[kind], *tiny_models["pickscore"], *RUN]
+    # Paths relative to the project (not to this process's working folder), as docs/models.md writes them.
+    overrides = [*_in_project(project, tiny_models, kind, "pickscore"), *RUN]
     rc = main(["pipeline", "train", "--project-dir", str(project), "--reports", "reports",
                *[a for o in overrides for a in ("-S", o)]])
     out = capsys.readouterr().out
@@ -127,7 +140,7 @@ def _git_env() -> dict[str, str]:
 def test_dvc_exp_run_with_pickscore(kind, tiny_models, prefect_server, mlflow_db, tmp_path):
     repo = tmp_path / "repo"
     _git_project(repo)
-    overrides = [*tiny_models[kind], *tiny_models["pickscore"], *RUN]
+    overrides = [*tiny_models[kind][1], *tiny_models["pickscore"][1], *RUN]
     # The stages run `python -m aegpo.cli …` in the copy: the venv's python, the copy's code, the test servers.
     env = {**_git_env(), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo),
            "PREFECT_API_URL": prefect_server, "MLFLOW_TRACKING_URI": mlflow_db, "OMP_NUM_THREADS": "1"}
