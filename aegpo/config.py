@@ -288,6 +288,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 _HYDRA_PREFIX = re.compile(r"([^=:]*\.ya?ml:)?(~|\+\+|\+)?(.*)", re.S)
 
 
+def split_override(text: str) -> tuple[str, str]:
+    """'[file.yaml:][~|+|++]key=value' → (the prefix: '', '~', '+' or '++'; 'key=value' without file and prefix)."""
+    m = _HYDRA_PREFIX.match(text)
+    return m.group(2) or "", m.group(3)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of `raw` with each override set (intermediate mappings are created), in order.
 
@@ -300,8 +306,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
     out = copy.deepcopy(raw)
     for text in overrides:
-        m = _HYDRA_PREFIX.match(text)
-        op, text = m.group(2) or "", (m.group(1) or "") + m.group(3)  # [file.yaml:][~|+|++]key=value
+        op, text = split_override(text)
         if op == "~":
             path, _ = parse_override(text if "=" in text else text + "=")
             node = out

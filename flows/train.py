@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from aegpo.config import flatten
+from aegpo.config import flatten, split_override
 from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.io_utils import atomic_directory
 from aegpo.reports import load_records, write_reports
@@ -102,7 +102,9 @@ def _train_run_name() -> str:
     from prefect.runtime import flow_run
 
     overrides = flow_run.parameters.get("overrides") or []
-    strategy = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.strategy=")), "")
+    # the last one wins; `++train.strategy=` (DVC's Hydra prefix) is `train.strategy=`
+    strategy = next((o.split("=", 1)[1] for o in (split_override(t)[1] for t in reversed(overrides))
+                     if o.startswith("train.strategy=")), "")
     return f"train-{strategy}" if strategy else "train"
 
 

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aegpo.config import Params, ParamsError, apply_overrides, flatten, load_params, parse_override
+from aegpo.config import (Params, ParamsError, apply_overrides, flatten, load_params, parse_override,
+                          split_override)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +47,9 @@ def test_hydra_prefixes_of_dvc_exp_run_S():
                               "models": {"pickscore": {"path": "models/p"}}}}
     assert raw["reward"]["weights"] == {"dense": 0.5, "strict": 0.5}  # the input is not changed
     assert apply_overrides({"a": {"b": 1}}, ["~a.b=1"]) == {"a": {}}
+    assert split_override("params.yaml:++train.strategy=grpo") == ("++", "train.strategy=grpo")
+    with pytest.raises(ParamsError, match="expected"):
+        apply_overrides({}, ["params.json:+a.b=1"])
 
 
 @pytest.mark.parametrize(
