@@ -74,11 +74,16 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
         with atomic_directory(export / "rollouts") as tmp:
             for table in sorted(run_path.glob("rounds/round-*/rollouts.parquet")):
                 shutil.copy2(table, tmp / f"{table.parent.name}.parquet")
+    records = load_records(run_path)
+    if spec.mlflow_run_id and records:  # every run ends with an Entropy(t) plot and a sample grid, however short
+        from aegpo.round_io import png_array
+
+        grid = png_array(session.store.storage.get_bytes(session.store.round_key(records[-1]["round"], "images.png")))
+        Tracker(spec.tracking_uri, spec.experiment).log_final_media(spec.mlflow_run_id, records[-1], grid)
     if spec.mlflow_run_id and checkpoint.is_dir():
         tracker = Tracker(spec.tracking_uri, spec.experiment)
         tracker.log_checkpoint(spec.mlflow_run_id, checkpoint)
         tracker.finish(spec.mlflow_run_id)
-    records = load_records(run_path)
     last_eval = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
     base = t.base_eval
     summary = {"run_name": spec.run_name, "run_dir": spec.run_dir, "rounds": t.round, "nfe": t.nfe,

@@ -105,7 +105,7 @@ def test_aegpo_pipeline_train_with_pickscore(kind, tiny_models, prefect_api, mlf
         curve = list(csv.DictReader(f))
     assert [int(r["rounds_done"]) for r in curve] == [0, 2] and all(r["pickscore"] for r in curve)
     metrics = json.loads((project / "reports" / "train_metrics.json").read_text())
-    assert "pickscore" in metrics["eval"] and "pickscore" in metrics["base_eval"]
+    assert set(metrics["base_eval"]) == {"reward", "pickscore"}
 
     client = MlflowClient(mlflow_db)
     experiment = client.get_experiment_by_name("aegpo").experiment_id
@@ -152,8 +152,10 @@ def test_dvc_exp_run_with_pickscore(kind, tiny_models, prefect_server, mlflow_db
     assert params["model"]["kind"] == kind and params["reward"]["weights"] == {"pickscore": 1.0}
     [run_dir] = list((repo / "runs" / "train").iterdir())
     _check_run(run_dir, kind)
-    evaluation = json.loads((repo / "reports" / "eval.json").read_text())
-    assert "pickscore" in evaluation and "base_pickscore" in evaluation and "strict" not in evaluation
+    evaluation = json.loads((repo / "reports" / "eval.json").read_text())  # the evaluate stage's DVC metrics
+    assert set(evaluation) == {"reward", "pickscore", "eval_nfe"}, evaluation
+    base = json.loads((repo / "reports" / "train_metrics.json").read_text())["base_eval"]  # the train stage's
+    assert set(base) == {"reward", "pickscore"}, base
     assert read_manifest(repo / "artifacts" / "train" / "checkpoint")["policy"]["kind"] == kind
     exps = subprocess.run(["git", "for-each-ref", "refs/exps"], cwd=repo, capture_output=True, text=True, check=True)
     assert exps.stdout.strip(), "dvc exp run recorded no experiment"
