@@ -67,6 +67,37 @@ def _load(checkpoint: str, guidance: float):
     return policy.eval()
 
 
+SAMPLE_MAX_NUM, SAMPLE_MAX_SCALE, SAMPLE_MAX_STEPS = 64, 32, 1000
+SAMPLE_MAX_PNG_BYTES = 1 << 30  # the upscaled RGB grid held in memory before PNG encoding
+
+
+def _bounded_int(low: int, high: int):
+    """An argparse type: an integer in [low, high] (the message names the allowed range)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _check_sample_memory(policy, num: int, scale: int) -> None:
+    """Refuse before allocating when the tiled, upscaled image would not fit (or is absurd)."""
+    # pipeline policies know their pixel size; the built-in policy generates pixels (latent = image)
+    height = getattr(policy, "height", None) or policy.latent_shape[1]
+    width = getattr(policy, "width", None) or policy.latent_shape[2]
+    need = num * width * scale * height * scale * 3
+    if need > SAMPLE_MAX_PNG_BYTES:
+        raise ValueError(f"--num {num} --scale {scale}: the PNG would be {num * width * scale}x{height * scale} "
+                         f"pixels ({need / 2**30:.1f} GiB in memory, limit {SAMPLE_MAX_PNG_BYTES / 2**30:.0f} GiB); "
+                         "lower --scale or --num")
+
+
 def cmd_sample(args) -> int:
     import torch
     from PIL import Image
@@ -75,6 +106,7 @@ def cmd_sample(args) -> int:
 
     policy = _load(args.checkpoint, args.guidance)
     n = args.num
+    _check_sample_memory(policy, n, args.scale)
     seeds = torch.tensor([derive_seed("sample", args.seed, i) for i in range(n)])
     rollout = generate(policy, [args.prompt], torch.zeros(n, dtype=torch.long), seeds, StepPlan.ode(n, args.steps),
                        shift=args.shift)
@@ -111,6 +143,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+SCORE_MAX_PIXELS = 4096 * 4096
+
+
+def _read_score_image(path: Path, Image):
+    """An RGB array of `path`; its size is checked from the header, before any pixel is decoded."""
+    import numpy as np
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > SCORE_MAX_PIXELS:
+                raise ValueError(f"{path} is {width}x{height} pixels; images up to {SCORE_MAX_PIXELS} pixels "
+                                 "(4096x4096) are scored: downscale it first")
+            return np.asarray(img.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path} is not a readable image ({err}); expected a PNG written by `aegpo sample`") from None
+
+
 def cmd_score(args) -> int:
     import numpy as np
     from PIL import Image
@@ -128,7 +178,11 @@ def cmd_score(args) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: {args.prompts} has {len(prompts)} prompts, "
                                     f"so images 0000.png..{len(prompts) - 1:04d}.png are expected")
-        images.append(np.asarray(Image.open(path).convert("RGB")))
+        images.append(_read_score_image(path, Image))
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: the images differ in size ({', '.join(sorted(str(s[1::-1]) for s in shapes))}); "
+                         "score images of one size")
     result = reward(np.stack(images), prompts)
     rows = [{"image": f"{i:04d}.png", "prompt": p, "score": float(result.score[i]),
              **{k: float(v[i]) for k, v in result.parts.items()}} for i, p in enumerate(prompts)]
@@ -140,7 +194,12 @@ def cmd_score(args) -> int:
 
 def cmd_bench_efficiency(args) -> int:
     from aegpo.bench.efficiency import BenchSpec, run_efficiency
+    from aegpo.strategies.registry import STRATEGIES
 
+    unknown = [s for s in args.strategies.split(",") if s not in STRATEGIES]
+    if unknown:  # before the base evaluation, which takes a while
+        raise ValueError(f"--strategies: unknown {', '.join(repr(u) for u in unknown)} "
+                         f"(expected a comma-separated list of {', '.join(sorted(STRATEGIES))})")
     spec = BenchSpec(strategies=args.strategies.split(","), seeds=[int(x) for x in args.seeds.split(",")],
                      nfe_budget=args.nfe_budget, eval_every_nfe=args.eval_every_nfe, target=args.target,
                      jobs=args.jobs)
@@ -299,12 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="checkpoints/shapes-base")
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="PNG file (several samples are tiled side by side)")
-    p.add_argument("--num", type=int, default=1)
+    p.add_argument("--num", type=_bounded_int(1, SAMPLE_MAX_NUM), default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=_bounded_int(1, SAMPLE_MAX_STEPS), default=20)
     p.add_argument("--shift", type=float, default=1.0)
     p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling factor of the PNG")
+    p.add_argument("--scale", type=_bounded_int(1, SAMPLE_MAX_SCALE), default=1,
+                   help=f"nearest-neighbour upscaling factor of the PNG (1..{SAMPLE_MAX_SCALE})")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("evaluate", help="strict/dense accuracy of a checkpoint on a prompt file")
@@ -349,15 +409,33 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from aegpo.checkpoint import CheckpointError
     from aegpo.config import ParamsError
+    from aegpo.io_utils import shorten
     from aegpo.prompt_files import PromptFileError
+    from aegpo.run_lock import RunInUseError
 
     try:
         return args.func(args)
-    except (ParamsError, PromptFileError, CheckpointError, FileNotFoundError, KeyError, ValueError) as err:
+    except (ParamsError, PromptFileError, CheckpointError, FileNotFoundError, KeyError, ValueError,
+            RunInUseError) as err:
         if args.verbose:
             raise
-        print(f"aegpo {args.command}: error: {err}", file=sys.stderr)
+        print(f"aegpo {args.command}: error: {shorten(_message(err), 2000)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"aegpo {args.command}: interrupted (saved progress is kept; run the command again to resume)",
+              file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - anything else: one line, the traceback only with -v
+        if args.verbose:
+            raise
+        print(f"aegpo {args.command}: error: {type(err).__name__}: {shorten(_message(err), 2000)} "
+              "(run with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _message(err: BaseException) -> str:
+    """The error's text (KeyError's str() adds quotes around its message)."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
 if __name__ == "__main__":

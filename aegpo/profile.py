@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 
 from aegpo.rollout import Rollout, StepPlan, derive_seed, generate
-from aegpo.tables import PROFILE_SCHEMA, read_metadata, read_table, with_metadata, write_table
+from aegpo.tables import PROFILE_SCHEMA, TableError, read_metadata, read_table, with_metadata, write_table
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,14 @@ def load_or_compute_base_profile(base_policy, base_digest: str, prompts: list[st
     """(profile, parquet path, whether it was computed now). `base_policy` must compute the base policy."""
     key = cache_key(base_digest, prompts, spec)
     path = Path(cache_dir) / f"base-entropy-{key[:16]}.parquet"
-    if path.is_file() and read_metadata(path).get("cache_key") == key:
-        log.info("base-entropy profile: reusing %s", path)
-        return EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA)), path, False
+    if path.is_file():
+        try:
+            if read_metadata(path).get("cache_key") == key:
+                profile = EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
+                log.info("base-entropy profile: reusing %s", path)
+                return profile, path, False
+        except (TableError, KeyError, ValueError) as err:  # a cache is only a cache: compute it again
+            log.warning("base-entropy profile cache %s is damaged (%s); computing it again", path, err)
     log.info("base-entropy profile: probing %d prompts -> %s", len(prompts), path)
     rollout = probe(base_policy, prompts, spec, recorder, progress=progress)
     profile = EntropyProfile.from_rollout(prompts, rollout, recorder.layer_names)
