@@ -271,25 +271,37 @@ def cmd_pipeline_evaluate(args) -> int:
     return 0
 
 
+DOCTOR_DEADLINE_S = 10.0  # per storage operation: doctor answers within 30 s even when the endpoint hangs
+
+
 def cmd_pipeline_doctor(args) -> int:
     """Each tool's endpoint as this environment configures it (never credentials)."""
-    from aegpo.storage import StorageSettings, open_storage
+    import dataclasses
+
+    from aegpo.storage import StorageSettings, open_storage, redact_url
     from flows.tracking import default_tracking_uri
 
     settings = StorageSettings.from_env()
+    settings = dataclasses.replace(settings, deadline=min(settings.deadline, DOCTOR_DEADLINE_S),
+                                   read_timeout=min(settings.read_timeout, DOCTOR_DEADLINE_S / 2))
     print(f"artifact store:   {settings.describe()}")
-    print(f"S3 endpoint:      {settings.endpoint_url or '(AWS default)'} (boto3, DVC endpointurl, MLFLOW_S3_ENDPOINT_URL="
-          f"{os.environ.get('MLFLOW_S3_ENDPOINT_URL', '')})")
+    print(f"S3 endpoint:      {redact_url(settings.endpoint_url) or '(AWS default)'} (boto3, DVC endpointurl, "
+          f"MLFLOW_S3_ENDPOINT_URL={redact_url(os.environ.get('MLFLOW_S3_ENDPOINT_URL', ''))})")
     print(f"S3 credentials:   {'set' if os.environ.get('AWS_ACCESS_KEY_ID') or os.environ.get('AWS_PROFILE') else 'not set'}")
-    print(f"MLflow tracking:  {default_tracking_uri(args.project_dir)}")
-    print(f"Prefect API:      {os.environ.get('PREFECT_API_URL') or '(temporary local server per run)'}")
+    print(f"S3 deadlines:     connect {settings.connect_timeout:g} s, read {settings.read_timeout:g} s, "
+          f"{settings.max_attempts} attempts, {settings.deadline:g} s per operation here")
+    print(f"MLflow tracking:  {redact_url(default_tracking_uri(args.project_dir))}")
+    print(f"Prefect API:      {redact_url(os.environ.get('PREFECT_API_URL')) or '(temporary local server per run)'}")
     print(f"PREFECT_HOME:     {os.environ.get('PREFECT_HOME', '~/.prefect')}")
+    sys.stdout.flush()
     open_storage(None, args.project_dir, settings).check()
     print("artifact store reachable: yes")
     return 0
 
 
 def cmd_pipeline(args) -> int:
+    from aegpo.io_utils import shorten
+
     for noisy in ("httpx", "httpcore", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -297,7 +309,7 @@ def cmd_pipeline(args) -> int:
     except Exception as err:  # noqa: BLE001 - bad input and unreachable services get one clear line
         if type(err).__name__ not in PIPELINE_ERRORS or args.verbose:
             raise
-        print(f"aegpo pipeline {args.pipeline_command}: error: {err}", file=sys.stderr)
+        print(f"aegpo pipeline {args.pipeline_command}: error: {shorten(str(err), 2000)}", file=sys.stderr)
         return 2
 
 
@@ -407,30 +419,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from aegpo.checkpoint import CheckpointError
-    from aegpo.config import ParamsError
     from aegpo.io_utils import shorten
-    from aegpo.prompt_files import PromptFileError
-    from aegpo.run_lock import RunInUseError
 
     try:
         return args.func(args)
-    except (ParamsError, PromptFileError, CheckpointError, FileNotFoundError, KeyError, ValueError,
-            RunInUseError) as err:
-        if args.verbose:
-            raise
-        print(f"aegpo {args.command}: error: {shorten(_message(err), 2000)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"aegpo {args.command}: interrupted (saved progress is kept; run the command again to resume)",
               file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - anything else: one line, the traceback only with -v
+    except Exception as err:  # noqa: BLE001 - one line without -v; the traceback only with -v
         if args.verbose:
             raise
+        if any(c.__name__ in USER_ERRORS for c in type(err).__mro__):  # bad input: the message says what to do
+            print(f"aegpo {args.command}: error: {shorten(_message(err), 2000)}", file=sys.stderr)
+            return 2
         print(f"aegpo {args.command}: error: {type(err).__name__}: {shorten(_message(err), 2000)} "
               "(run with -v for the traceback)", file=sys.stderr)
         return 1
+
+
+# Errors whose message is the whole story (matched by class name: checking them must not import torch).
+USER_ERRORS = ("ParamsError", "PromptFileError", "CheckpointError", "CorruptFileError", "RunInUseError",
+               "FileNotFoundError", "KeyError", "ValueError", "StorageError", "TrackingError")
 
 
 def _message(err: BaseException) -> str:
