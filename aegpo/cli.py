@@ -234,9 +234,11 @@ def _pipeline_prepare(args):
 
 def cmd_pipeline_profile(args) -> int:
     _pipeline_prepare(args)
+    from flows._prefect import temporary_server
     from flows.profiling import profile_flow
 
-    m = profile_flow(args.params, args.set, args.project_dir, out=args.out, refresh=args.refresh)
+    with temporary_server():
+        m = profile_flow(args.params, args.set, args.project_dir, out=args.out, refresh=args.refresh)
     print(f"base-entropy profile: {m['rows']} rows, {'computed' if m.get('computed') else 'reused'} -> {m['uri']}"
           + (f" (copied to {args.out})" if args.out else ""))
     return 0
@@ -244,11 +246,13 @@ def cmd_pipeline_profile(args) -> int:
 
 def cmd_pipeline_train(args) -> int:
     _pipeline_prepare(args)
+    from flows._prefect import temporary_server
     from flows.train import train_flow
 
-    s = train_flow(args.params, args.set, args.project_dir, run_dir=args.run_dir, base_profile=args.base_profile,
-                   export_dir=args.export, reports_dir=args.reports, experiment=args.experiment,
-                   media_every=args.media_every)
+    with temporary_server():
+        s = train_flow(args.params, args.set, args.project_dir, run_dir=args.run_dir, base_profile=args.base_profile,
+                       export_dir=args.export, reports_dir=args.reports, experiment=args.experiment,
+                       media_every=args.media_every)
     print(f"\ntrained {s['rounds']} rounds ({s['strategy']}), {s['nfe']} denoiser evaluations; run {s['run_dir']}")
     before, after = s.get("base_eval"), s.get("final_eval")
     if before and after:
@@ -261,9 +265,12 @@ def cmd_pipeline_train(args) -> int:
 def cmd_pipeline_evaluate(args) -> int:
     from flows.evaluate import evaluate_flow, prepare_eval
 
+    from flows._prefect import temporary_server
+
     prepare_eval(args.checkpoint, args.params, args.set, args.project_dir)
-    r = evaluate_flow(args.checkpoint, args.params, args.set, args.project_dir, out=args.out, label=args.label,
-                      reuse=not args.no_reuse)
+    with temporary_server():
+        r = evaluate_flow(args.checkpoint, args.params, args.set, args.project_dir, out=args.out, label=args.label,
+                          reuse=not args.no_reuse)
     m = r["summary"]
     print(f"{args.label}: strict {m.get('strict', float('nan')):.3f}  dense {m.get('dense', float('nan')):.3f}"
           + (f"  (base strict {m['base_strict']:.3f})" if m.get("base_strict") is not None else "")
