@@ -27,7 +27,7 @@ from aegpo.ema import EMA
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.evaluate import evaluate
 from aegpo.grpo import UpdateConfig, group_advantages, policy_update
-from aegpo.io_utils import atomic_write_json, clean_litter, recover_directory
+from aegpo.io_utils import atomic_write_json, clean_litter, read_json_file, recover_directory
 from aegpo.models.base import LoraSpec
 from aegpo.models.registry import load_base_policy
 from aegpo.profile import EntropyProfile, ProbeSpec, load_or_compute_base_profile, probe
@@ -377,13 +377,14 @@ class Trainer:
             self.ema.load_state_tensors(ema)
         self.strategy.load_state_dict(info["strategy"])
         self.round, self.nfe = info["round"], info["nfe"]
+        remedy = "restore it from a copy, or delete it (the run continues; its history lacks that record)"
         base_eval = self.out_dir / "eval_base.json"
         if base_eval.is_file():
-            self.base_eval = json.loads(base_eval.read_text(encoding="utf-8"))
+            self.base_eval = read_json_file(base_eval, remedy)
         for r in range(self.round):
             path = self.out_dir / "rounds" / f"round-{r:04d}.json"
             if path.is_file():
-                rec = json.loads(path.read_text(encoding="utf-8"))
+                rec = read_json_file(path, remedy)
                 self.history.append({k: v for k, v in rec.items() if k != "per_prompt"})
         self._repair_checkpoint()
         log.info("resumed %s at round %d", self.out_dir, self.round)
