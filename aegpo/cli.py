@@ -150,8 +150,14 @@ def _read_score_image(path: Path, Image):
     """An RGB array of `path`; its size is checked from the header, before any pixel is decoded."""
     import numpy as np
 
+    import warnings
+
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # PIL warns on a large header; the size check below says the same, clearly
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             width, height = img.size
             if width * height > SCORE_MAX_PIXELS:
                 raise ValueError(f"{path} is {width}x{height} pixels; images up to {SCORE_MAX_PIXELS} pixels "
