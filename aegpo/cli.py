@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # Errors whose message is the whole story (matched by class name: checking them must not import torch).
 USER_ERRORS = ("ParamsError", "PromptFileError", "CheckpointError", "CorruptFileError", "RunInUseError",
-               "FileNotFoundError", "KeyError", "ValueError", "StorageError", "TrackingError")
+               "FileNotFoundError", "KeyError", "ValueError", "StorageError", "TrackingError", "WriteError")
 
 
 def _message(err: BaseException) -> str:

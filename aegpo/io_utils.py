@@ -14,6 +14,7 @@ and `clean_litter` removes the rest; the trainer runs both at start while it hol
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -23,20 +24,39 @@ from pathlib import Path
 from typing import Any
 
 
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class WriteError(OSError):
+    """A write refused by the disk (full, read-only, no permission); the previous complete file is kept."""
+
+
+def _write_error(path: Path, err: OSError) -> OSError:
+    if err.errno not in DISK_ERRNOS or isinstance(err, WriteError):
+        return err
+    return WriteError(err.errno, f"cannot write {path}: {err.strerror}; the previous complete version is kept. "
+                                 "Free space or make the folder writable, then run the same command again to resume")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, err) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
         raise
 
 
@@ -56,9 +76,12 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     or the new complete folder, except for the instant between the two renames.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_directory(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_directory(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as err:
+        raise _write_error(path, err) from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the final folder gets the usual permissions
@@ -73,9 +96,20 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            recover_directory(path)  # the second rename failed: the previous folder goes back
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
+        if _is_disk_full(err):  # safetensors reports its write errors as its own exception type
+            raise _write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
         raise
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    text = str(err)
+    return "No space left on device" in text or "StorageFull" in text or "code: 28" in text
 
 
 def backup_path(path: str | Path) -> Path:

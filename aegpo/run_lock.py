@@ -108,8 +108,9 @@ class RunLock:
         if pid is not None and pid != os.getpid():
             # The flock was free, so its holder is gone (killed or ended without cleaning up).
             log.info("run folder %s: previous writer (pid %d on %s) is gone; its lock is cleared", run_dir, pid, host)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the flock is the lock; the holder's name is informational
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
         return fd
 
     def close(self) -> None:
