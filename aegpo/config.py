@@ -109,6 +109,9 @@ class TrainParams(Section):
     eval_base: bool = Field(True, description="Evaluate the base policy before round 0 (the 'before' of before/after).")
     out_dir: str = Field("runs/train", description="Run folder: checkpoints, round logs, rollouts.")
     save_every: StrictInt = Field(1, ge=1, description="Write the resumable state every this many rounds (and at the end).")
+    max_rejected_rounds: StrictInt = Field(
+        3, ge=1, description="Stop the run after this many rounds in a row were rejected for a NaN/inf reward, "
+        "advantage, loss, gradient or weight (a rejected round trains nothing and writes no state).")
 
 
 class EntropyParams(Section):

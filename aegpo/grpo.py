@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aegpo.guard import require_finite
 from aegpo.models.base import Conditioning, FlowPolicy
 from aegpo.rollout import Rollout
 from aegpo.samplers import kl_to_reference, mean_and_std, step
@@ -80,7 +81,8 @@ def policy_update(
 
     Samples are shuffled and split into `optimizer_steps` minibatches; each minibatch's
     transitions go through forward/backward in chunks of `micro_batch` (gradient accumulation)
-    and end in one clipped optimizer step.
+    and end in one clipped optimizer step. A NaN/inf loss or gradient norm raises
+    `aegpo.guard.NonFiniteRound` before the optimizer steps on it (the caller restores its snapshot).
     """
     device = policy.device
     params = policy.trainable_parameters()
@@ -114,6 +116,7 @@ def policy_update(
                     ref_mean, _ = mean_and_std(cfg.sde, x_t, v_ref, sig, sig_next, a, sigma_max)
                     kl = kl_to_reference(out.mean, ref_mean, out.std)
                     loss = per + cfg.kl_beta * kl
+                require_finite("loss", loss)
                 (loss.sum() / len(trans)).backward()
                 with torch.no_grad():
                     if first_ratio_dev is None:
@@ -125,6 +128,7 @@ def policy_update(
                     stats["approx_kl"].append(float(0.5 * ((out.log_prob - rollout.log_prob[chunk].to(device)) ** 2).mean()))
                     stats["ratio_mean"].append(float(ratio.mean()))
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            require_finite("gradient norm", grad_norm)  # before the step: AdamW's moments must stay finite
             stats["grad_norm"].append(float(grad_norm))
             optimizer.step()
     out_stats = {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}

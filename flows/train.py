@@ -22,6 +22,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from aegpo.config import flatten
+from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.io_utils import atomic_directory
 from aegpo.reports import load_records, write_reports
 from aegpo.storage import open_storage, redact_url
@@ -52,7 +53,8 @@ def train_round(spec: RunSpec, round_idx: int) -> dict[str, Any]:
     result = finish_round(spec, round_idx, evaluation)
     sync_run(spec, round_idx)
     run_logger().info("round %d: reward %.4f, nfe %d%s", round_idx, scores["reward_mean"], result.get("nfe", 0),
-                      f", eval strict {evaluation['metrics'].get('strict', float('nan')):.3f}" if evaluation else "")
+                      "".join(f", eval {k} {v:.3f}" for k, v in list(evaluation["metrics"].items())[:2])
+                      if evaluation else "")
     return result
 
 
@@ -84,9 +86,7 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
                "base_eval": _short(base), "final_eval": _short(last_eval), "reports": metrics is not None}
     lines = [f"## {spec.run_name}", "", f"{t.round} rounds ({spec.strategy}), {t.nfe} denoiser evaluations.", ""]
     if base and last_eval:
-        lines.append(f"Eval strict accuracy: **{base.get('strict', float('nan')):.3f} → "
-                     f"{last_eval.get('strict', float('nan')):.3f}** (dense {base.get('dense', float('nan')):.3f} → "
-                     f"{last_eval.get('dense', float('nan')):.3f}).")
+        lines += [f"Eval {k}: **{base[k]:.3f} → {last_eval[k]:.3f}**." for k in metric_names(last_eval) if k in base]
     lines += ["", f"Checkpoint: `{checkpoint}`", f"MLflow run: `{spec.mlflow_run_id}` ({spec.tracking_uri})"]
     publish_markdown("aegpo-run-summary", "\n".join(lines), f"Summary of {spec.run_name}")
     if records:
@@ -95,7 +95,7 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
 
 
 def _short(ev: dict[str, Any] | None) -> dict[str, float] | None:
-    return None if not ev else {k: ev[k] for k in ("strict", "dense", "reward") if k in ev}
+    return eval_summary(ev)
 
 
 def _train_run_name() -> str:
