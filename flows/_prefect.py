@@ -27,6 +27,8 @@ def is_transient(exc: BaseException) -> bool:
         return False  # a retry would allocate the same memory again
     if isinstance(exc, StorageError):
         return exc.transient
+    if type(exc).__name__ == "WriteError":
+        return False  # a full or read-only disk: retrying would fail again (the message says what to do)
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     if isinstance(exc, OSError):
