@@ -48,6 +48,7 @@ def read_prompt_file(path: str | Path, validate: Callable[[str], object] | None 
         raise PromptFileError(f"prompt file {path} holds no prompts (expected one prompt per line)")
     if duplicates:
         shown = ", ".join(f"line {a} repeats line {b}" for a, b in duplicates[:5])
+        more = ", ..." if len(duplicates) > 5 else ""
         log.warning("prompt file %s: %d duplicate prompt(s), each counted as often as listed (%s%s); remove "
-                    "them to weigh every prompt once", path, len(duplicates), shown, ", ..." if len(duplicates) > 5 else "")
+                    "them to weigh every prompt once", path, len(duplicates), shown, more)
     return prompts

@@ -113,7 +113,9 @@ class StorageSettings:
     def describe(self) -> str:
         """The settings that are safe to print: URI and endpoint, never credentials."""
         where = self.uri or "(project folder)"
-        return where + (f" via {redact_url(self.endpoint_url)}" if self.endpoint_url and where.startswith("s3://") else "")
+        if self.endpoint_url and where.startswith("s3://"):
+            return f"{where} via {redact_url(self.endpoint_url)}"
+        return where
 
     def transfer_deadline(self, size: int) -> float:
         """Seconds an operation moving `size` bytes may take."""
@@ -402,7 +404,8 @@ class S3Storage(Storage):
             raise timeout from None
         except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError) as err:
             raise StorageError(f"S3 endpoint {self.endpoint} is unreachable: {what} {self.uri(key)} failed after "
-                               f"{self.settings.max_attempts} attempts ({redact_text(str(err))})", transient=True) from None
+                               f"{self.settings.max_attempts} attempts ({redact_text(str(err))})",
+                               transient=True) from None
         except NoCredentialsError:
             raise StorageError(f"{what} {where}: no S3 credentials (set AWS_ACCESS_KEY_ID and "
                                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
