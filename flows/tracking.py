@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from aegpo.eval_metrics import eval_summary
+from flows.calibration_tracking import log_peak_calibration
 
 log = logging.getLogger("aegpo.flows.tracking")
 
@@ -245,6 +246,7 @@ class Tracker:
         `images` (a batch (N, H, W, 3) or an image grid (H, W, 3)) as the `rollout-samples` image at this step."""
         r = record["round"]
         self.log_metrics(run_id, round_metrics(record), step=r)
+        log_peak_calibration(self.client, run_id, record)  # peak_direction auto: the choice and its evidence
         self.client.log_table(run_id, allocation_table(record), f"tables/allocation/round-{r:04d}.json")
         if media:
             import matplotlib.pyplot as plt

@@ -72,7 +72,7 @@ def test_unknown_bench_strategy_is_rejected_before_the_base_evaluation(tmp_path,
     t0 = time.monotonic()
     code = main(["bench", "efficiency", "--out", str(tmp_path / "b"), "--strategies", "grpo,foo"])
     err = capsys.readouterr().err
-    assert code == 2 and "--strategies: unknown 'foo'" in err and "aegpo_local" in err
+    assert code == 2 and "unknown strategy 'foo'" in err and "aegpo_local" in err
     assert time.monotonic() - t0 < 5 and not (tmp_path / "b").exists()
 
 
