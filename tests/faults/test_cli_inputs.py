@@ -92,7 +92,9 @@ def test_bad_parameters_are_one_line_naming_the_key(tmp_path, capsys, override, 
 def test_out_dir_that_is_a_file_fails_before_any_work(tiny_base, tmp_path, capsys):
     (tmp_path / "runfile").write_text("not a folder")
     (tmp_path / "t.txt").write_text("a red circle\n")
-    code = main(["train", "-S", f"model.checkpoint={tiny_base}", "-S", f"train.out_dir={tmp_path / 'runfile'}",
+    (tmp_path / "p.yaml").write_text("seed: 0\n")
+    code = main(["train", "--params", str(tmp_path / "p.yaml"), "-S", f"model.checkpoint={tiny_base}",
+                 "-S", f"train.out_dir={tmp_path / 'runfile'}",
                  "-S", f"train.prompts={tmp_path / 't.txt'}", "-S", f"eval.prompts={tmp_path / 't.txt'}"])
     err = capsys.readouterr().err
     assert code == 2 and f"train.out_dir {tmp_path / 'runfile'}: {tmp_path / 'runfile'} is a file, not a folder" in err

@@ -118,13 +118,12 @@ def test_read_only_disk_fails_at_start_and_keeps_the_run(tiny_base, tmp_path, ca
         try:
             with pytest.raises(RunFolderError, match=r"is not writable \(Read-only file system\)"):
                 Trainer(_params(tiny_base), TRAIN, None, project_dir=disk, progress=False)
-            os.chdir(disk)
             (tmp_path / "t.txt").write_text("\n".join(TRAIN) + "\n")
-            code = main(["train", "-S", f"model.checkpoint={tiny_base}", "-S", f"train.out_dir={disk / 'run'}",
+            (tmp_path / "p.yaml").write_text("seed: 0\n")
+            code = main(["train", "--params", str(tmp_path / "p.yaml"), "-S", f"model.checkpoint={tiny_base}", "-S", f"train.out_dir={disk / 'run'}",
                          "-S", f"train.prompts={tmp_path / 't.txt'}", "-S", f"eval.prompts={tmp_path / 't.txt'}"])
             err = capsys.readouterr().err
             assert code == 2 and "is not writable (Read-only file system)" in err and "Traceback" not in err
         finally:
-            os.chdir(tmp_path)
             subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=False)
         assert {p: p.read_bytes() for p in (disk / "run").rglob("*") if p.is_file()} == before
