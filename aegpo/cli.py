@@ -6,6 +6,7 @@
     aegpo evaluate  [--checkpoint DIR] [--prompts FILE] --out FILE.json
     aegpo score     [--reward NAME] --images DIR --prompts FILE --out FILE.json
     aegpo pipeline  profile | train | evaluate | doctor   (Prefect flows, see docs/pipeline.md)
+    aegpo tiny      --kind sd3|flux|pickscore --out DIR   (tiny random real models, docs/models.md)
 
 `-S` overrides use the grammar of `dvc exp run -S` (the value is YAML).
 """
@@ -253,6 +254,26 @@ def cmd_bench_overhead(args) -> int:
     return 0
 
 
+def cmd_tiny(args) -> int:
+    """Write a tiny random-weight SD3/FLUX pipeline or PickScore folder and print the overrides that use it."""
+    import shlex
+
+    from aegpo.tiny import write_tiny
+
+    tiny = write_tiny(args.kind, args.out, seed=args.seed, overwrite=args.overwrite)
+    size = sum((tiny.path / f).stat().st_size for f in tiny.files)
+    print(f"wrote a tiny random-weight {tiny.kind} folder to {tiny.path} ({len(tiny.files)} files, "
+          f"{size / 1e6:.1f} MB; random weights: images and scores are noise, for trying the plumbing):")
+    for f in tiny.files:
+        print(f"  {f}")
+    flags = " ".join(f"-S {shlex.quote(o)}" for o in tiny.overrides)
+    print("use it with these overrides (the same for aegpo and dvc; relative paths resolve against the project):")
+    print(f"  aegpo pipeline train {flags}\n  dvc exp run {flags}")
+    if tiny.kind == "pickscore":
+        print("  with a tiny model too: add the overrides that `aegpo tiny --kind sd3` (or flux) prints")
+    return 0
+
+
 # ----- pipeline: the Prefect flows of flows/ (needs the [pipeline] extra) -----------------------------
 PIPELINE_ERRORS = ("StorageError", "TrackingError", "RunInUseError", "RoundsRejectedError")
 
@@ -420,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"nearest-neighbour upscaling factor of the PNG (1..{SAMPLE_MAX_SCALE})")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("evaluate", help="strict/dense accuracy of a checkpoint on a prompt file")
+    p = sub.add_parser("evaluate", help="eval metrics of the reward (shapes: strict/dense accuracy) for a checkpoint")
     _add_params(p)
     p.add_argument("--checkpoint", default=None, help="default: model.checkpoint (the shipped base)")
     p.add_argument("--prompts", default=None, help="default: eval.prompts (the eval split)")
@@ -465,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_overhead)
 
     add_pipeline_parser(sub)
+
+    p = sub.add_parser("tiny", help="write a tiny random-weight sd3/flux pipeline or pickscore reward folder")
+    p.add_argument("--kind", required=True, choices=["sd3", "flux", "pickscore"])
+    p.add_argument("--out", required=True, help="folder to write (refused if it exists and is not empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(func=cmd_tiny)
     return parser
 
 

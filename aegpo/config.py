@@ -294,12 +294,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+_HYDRA_PREFIX = re.compile(r"([^=:]*\.ya?ml:)?(~|\+\+|\+)?(.*)", re.S)
+
+
+def split_override(text: str) -> tuple[str, str]:
+    """'[file.yaml:][~|+|++]key=value' → (the prefix: '', '~', '+' or '++'; 'key=value' without file and prefix)."""
+    m = _HYDRA_PREFIX.match(text)
+    return m.group(2) or "", m.group(3)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with each override set (intermediate mappings are created)."""
+    """Return a copy of `raw` with each override set (intermediate mappings are created), in order.
+
+    Hydra's prefixes, as `dvc exp run -S` takes them, are accepted so one list of overrides works for
+    both tools: `+key=value` and `++key=value` set like `key=value`; `~key` (or `~key=value`) deletes the
+    key. A plain `key={...}` replaces a mapping here but merges into it in DVC, so a mapping that must
+    lose keys (e.g. `reward.weights` when changing the reward) is written `~key` then `+key={...}`.
+    """
     import copy
 
     out = copy.deepcopy(raw)
     for text in overrides:
+        op, text = split_override(text)
+        if op == "~":
+            path, _ = parse_override(text if "=" in text else text + "=")
+            node = out
+            for part in path[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(path[-1], None)
+            continue
         path, value = parse_override(text)
         node = out
         for part in path[:-1]:

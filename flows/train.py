@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from aegpo.config import flatten
+from aegpo.config import flatten, split_override
 from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.io_utils import atomic_directory
 from aegpo.reports import load_records, write_reports
@@ -74,11 +74,16 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
         with atomic_directory(export / "rollouts") as tmp:
             for table in sorted(run_path.glob("rounds/round-*/rollouts.parquet")):
                 shutil.copy2(table, tmp / f"{table.parent.name}.parquet")
+    records = load_records(run_path)
+    if spec.mlflow_run_id and records:  # every run ends with an Entropy(t) plot and a sample grid, however short
+        from aegpo.round_io import png_array
+
+        grid = png_array(session.store.storage.get_bytes(session.store.round_key(records[-1]["round"], "images.png")))
+        Tracker(spec.tracking_uri, spec.experiment).log_final_media(spec.mlflow_run_id, records[-1], grid)
     if spec.mlflow_run_id and checkpoint.is_dir():
         tracker = Tracker(spec.tracking_uri, spec.experiment)
         tracker.log_checkpoint(spec.mlflow_run_id, checkpoint)
         tracker.finish(spec.mlflow_run_id)
-    records = load_records(run_path)
     last_eval = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
     base = t.base_eval
     summary = {"run_name": spec.run_name, "run_dir": spec.run_dir, "rounds": t.round, "nfe": t.nfe,
@@ -102,7 +107,9 @@ def _train_run_name() -> str:
     from prefect.runtime import flow_run
 
     overrides = flow_run.parameters.get("overrides") or []
-    strategy = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.strategy=")), "")
+    # the last one wins; `++train.strategy=` (DVC's Hydra prefix) is `train.strategy=`
+    strategy = next((o.split("=", 1)[1] for o in (split_override(t)[1] for t in reversed(overrides))
+                     if o.startswith("train.strategy=")), "")
     return f"train-{strategy}" if strategy else "train"
 
 
