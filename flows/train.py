@@ -25,7 +25,7 @@ from aegpo.config import flatten, split_override
 from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.io_utils import atomic_directory
 from aegpo.reports import load_records, write_reports
-from aegpo.storage import open_storage
+from aegpo.storage import open_storage, redact_url
 from aegpo.strategies.registry import strategy_class
 from flows._prefect import flow_run_id, publish_markdown, run_logger
 from flows.session import drop_session, session_for
@@ -135,7 +135,7 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
     params = spec.params()
     log = run_logger()
     log.info("run %s in %s (store %s, tracking %s)", spec.run_name, spec.run_dir, spec.storage_uri or "project folder",
-             spec.tracking_uri)
+             redact_url(spec.tracking_uri))  # a URL may hold a credential: never in logs (Prefect stores them)
     if strategy_class(params.train.strategy).needs_base_profile:
         spec = spec.model_copy(update={"base_profile_key": _base_profile(spec, base_profile)})
     tracker = Tracker(spec.tracking_uri, spec.experiment, artifact_location(spec))

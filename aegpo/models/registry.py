@@ -35,6 +35,12 @@ def load_base_policy(model, project_dir: str | Path = ".") -> tuple[FlowPolicy, 
     if hasattr(cls, "from_pretrained_params"):
         policy = cls.from_pretrained_params(model, project_dir)
         return policy, cls.base_ref(model, project_dir)
+    from aegpo.checkpoint import CheckpointError, read_manifest
+
     path = (Path(project_dir) / model.checkpoint).resolve()
+    manifest = read_manifest(path)
+    if manifest["form"] != "base":
+        raise CheckpointError(f"model.checkpoint {path} is a trained ({manifest['form']}) checkpoint, not a base; "
+                              f"train from its base ({manifest['base'].get('path')}), or sample/evaluate it instead")
     policy = load_policy(path, guidance_scale=model.guidance_scale)
     return policy, {"path": str(path), "manifest_sha256": manifest_digest(path)}
