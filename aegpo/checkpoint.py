@@ -17,15 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from aegpo.io_utils import atomic_directory
+from aegpo.io_utils import CorruptFileError, atomic_directory, check_safetensors, load_safetensors
 from aegpo.models.base import FlowPolicy, LoraSpec
 from aegpo.models.registry import policy_class
 
 MANIFEST = "aegpo_checkpoint.json"
 FORMAT = "aegpo-checkpoint"
 VERSION = 1
+
+
+FORMS = ("base", "lora", "full")
 
 
 class CheckpointError(ValueError):
@@ -42,11 +45,33 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise CheckpointError(f"{path}: expected format {FORMAT!r} version {VERSION}, got {manifest.get('format')!r}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged: copy it again "
+                              "or retrain it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{path}: expected format {FORMAT!r} version {VERSION}, got {got!r}")
+    missing = [k for k in ("form", "policy", "files") if k not in manifest]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(repr(k) for k in missing)} (an incomplete or hand-edited "
+                              "manifest); copy the checkpoint again or retrain it")
+    if manifest["form"] not in FORMS:
+        raise CheckpointError(f"{path}: form {manifest['form']!r} is not one of {', '.join(FORMS)}")
+    if manifest["form"] != "base" and not isinstance(manifest.get("base"), dict):
+        raise CheckpointError(f"{path}: a trained ({manifest['form']}) checkpoint needs its 'base' reference")
     return manifest
+
+
+def check_files(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Every safetensors file the manifest names is present and whole (headers only: cheap)."""
+    directory = Path(directory)
+    remedy = "the checkpoint is damaged: copy it again or retrain it"
+    for name in manifest["files"].values():
+        if isinstance(name, str) and name.endswith(".safetensors"):
+            try:
+                check_safetensors(directory / name, remedy)
+            except CorruptFileError as err:
+                raise CheckpointError(str(err)) from None
 
 
 def manifest_digest(directory: str | Path) -> str:
@@ -98,6 +123,7 @@ def load_policy(directory: str | Path, **policy_kwargs: Any) -> FlowPolicy:
     """Load a base or trained checkpoint into a policy (LoRA adapters stay separate, not merged)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    check_files(directory, manifest)
     if manifest["form"] == "base":
         cls = policy_class(manifest["policy"]["kind"])
         return cls.load_base_files(directory, manifest, **policy_kwargs)  # type: ignore[attr-defined]
@@ -118,7 +144,11 @@ def load_policy(directory: str | Path, **policy_kwargs: Any) -> FlowPolicy:
 
 
 def _apply_trained(policy: FlowPolicy, directory: Path, manifest: dict[str, Any]) -> FlowPolicy:
-    state = load_file(str(directory / manifest["files"]["denoiser"]))
+    try:
+        state = load_safetensors(directory / manifest["files"]["denoiser"],
+                                 "the checkpoint is damaged: copy it again or retrain it")
+    except CorruptFileError as err:
+        raise CheckpointError(str(err)) from None
     if manifest["form"] == "lora":
         from peft.utils import set_peft_model_state_dict
 
@@ -145,5 +175,9 @@ def load_base_policy(model, project_dir: str | Path = ".") -> tuple[FlowPolicy, 
         policy = cls.from_pretrained_params(model, project_dir)
         return policy, cls.base_ref(model, project_dir)
     path = (Path(project_dir) / model.checkpoint).resolve()
+    manifest = read_manifest(path)
+    if manifest["form"] != "base":
+        raise CheckpointError(f"model.checkpoint {path} is a trained ({manifest['form']}) checkpoint, not a base; "
+                              f"train from its base ({manifest['base'].get('path')}), or sample/evaluate it instead")
     policy = load_policy(path, guidance_scale=model.guidance_scale)
     return policy, {"path": str(path), "manifest_sha256": manifest_digest(path)}

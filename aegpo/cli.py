@@ -8,6 +8,7 @@
     aegpo bench     efficiency | overhead | ablations   (results with machine and settings)
     aegpo inspect   census [--checkpoint DIR]           (where a checkpoint's eval images fail)
     aegpo pipeline  profile | train | evaluate | doctor   (Prefect flows, see docs/pipeline.md)
+    aegpo tiny      --kind sd3|flux|pickscore --out DIR   (tiny random real models, docs/models.md)
 
 `-S` overrides use the grammar of `dvc exp run -S` (the value is YAML).
 """
@@ -88,6 +89,37 @@ def _load(checkpoint: str, guidance: float):
     return policy.eval()
 
 
+SAMPLE_MAX_NUM, SAMPLE_MAX_SCALE, SAMPLE_MAX_STEPS = 64, 32, 1000
+SAMPLE_MAX_PNG_BYTES = 1 << 30  # the upscaled RGB grid held in memory before PNG encoding
+
+
+def _bounded_int(low: int, high: int):
+    """An argparse type: an integer in [low, high] (the message names the allowed range)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _check_sample_memory(policy, num: int, scale: int) -> None:
+    """Refuse before allocating when the tiled, upscaled image would not fit (or is absurd)."""
+    # pipeline policies know their pixel size; the built-in policy generates pixels (latent = image)
+    height = getattr(policy, "height", None) or policy.latent_shape[1]
+    width = getattr(policy, "width", None) or policy.latent_shape[2]
+    need = num * width * scale * height * scale * 3
+    if need > SAMPLE_MAX_PNG_BYTES:
+        raise ValueError(f"--num {num} --scale {scale}: the PNG would be {num * width * scale}x{height * scale} "
+                         f"pixels ({need / 2**30:.1f} GiB in memory, limit {SAMPLE_MAX_PNG_BYTES / 2**30:.0f} GiB); "
+                         "lower --scale or --num")
+
+
 def cmd_sample(args) -> int:
     import torch
     from PIL import Image
@@ -96,6 +128,7 @@ def cmd_sample(args) -> int:
 
     policy = _load(args.checkpoint, args.guidance)
     n = args.num
+    _check_sample_memory(policy, n, args.scale)
     seeds = torch.tensor([derive_seed("sample", args.seed, i) for i in range(n)])
     rollout = generate(policy, [args.prompt], torch.zeros(n, dtype=torch.long), seeds, StepPlan.ode(n, args.steps),
                        shift=args.shift)
@@ -131,6 +164,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+SCORE_MAX_PIXELS = 4096 * 4096
+
+
+def _read_score_image(path: Path, Image):
+    """An RGB array of `path`; its size is checked from the header, before any pixel is decoded."""
+    import warnings
+
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():
+            # PIL warns on a large header; the size check below says the same, clearly
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            width, height = img.size
+            if width * height > SCORE_MAX_PIXELS:
+                raise ValueError(f"{path} is {width}x{height} pixels; images up to {SCORE_MAX_PIXELS} pixels "
+                                 "(4096x4096) are scored: downscale it first")
+            return np.asarray(img.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path} is not a readable image ({err}); expected a PNG written by `aegpo sample`") from None
+
+
 def cmd_score(args) -> int:
     import numpy as np
     from PIL import Image
@@ -152,7 +209,11 @@ def cmd_score(args) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: {args.prompts} has {len(prompts)} prompts, "
                                     f"so images 0000.png..{len(prompts) - 1:04d}.png are expected")
-        images.append(np.asarray(Image.open(path).convert("RGB")))
+        images.append(_read_score_image(path, Image))
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: the images differ in size ({', '.join(sorted(str(s[1::-1]) for s in shapes))}); "
+                         "score images of one size")
     result = reward(np.stack(images), prompts)
     rows = [{"image": f"{i:04d}.png", "prompt": p, "score": float(result.score[i]),
              **{k: float(v[i]) for k, v in result.parts.items()}} for i, p in enumerate(prompts)]
@@ -214,6 +275,26 @@ def cmd_inspect_census(args) -> int:
     return 0
 
 
+def cmd_tiny(args) -> int:
+    """Write a tiny random-weight SD3/FLUX pipeline or PickScore folder and print the overrides that use it."""
+    import shlex
+
+    from aegpo.tiny import write_tiny
+
+    tiny = write_tiny(args.kind, args.out, seed=args.seed, overwrite=args.overwrite)
+    size = sum((tiny.path / f).stat().st_size for f in tiny.files)
+    print(f"wrote a tiny random-weight {tiny.kind} folder to {tiny.path} ({len(tiny.files)} files, "
+          f"{size / 1e6:.1f} MB; random weights: images and scores are noise, for trying the plumbing):")
+    for f in tiny.files:
+        print(f"  {f}")
+    flags = " ".join(f"-S {shlex.quote(o)}" for o in tiny.overrides)
+    print("use it with these overrides (the same for aegpo and dvc; relative paths resolve against the project):")
+    print(f"  aegpo pipeline train {flags}\n  dvc exp run {flags}")
+    if tiny.kind == "pickscore":
+        print("  with a tiny model too: add the overrides that `aegpo tiny --kind sd3` (or flux) prints")
+    return 0
+
+
 # ----- pipeline: the Prefect flows of flows/ (needs the [pipeline] extra) -----------------------------
 PIPELINE_ERRORS = ("StorageError", "TrackingError", "RunInUseError", "RoundsRejectedError")
 
@@ -229,9 +310,11 @@ def _pipeline_prepare(args):
 
 def cmd_pipeline_profile(args) -> int:
     _pipeline_prepare(args)
+    from flows._prefect import temporary_server
     from flows.profiling import profile_flow
 
-    m = profile_flow(args.params, args.set, args.project_dir, out=args.out, refresh=args.refresh)
+    with temporary_server():
+        m = profile_flow(args.params, args.set, args.project_dir, out=args.out, refresh=args.refresh)
     print(f"base-entropy profile: {m['rows']} rows, {'computed' if m.get('computed') else 'reused'} -> {m['uri']}"
           + (f" (copied to {args.out})" if args.out else ""))
     return 0
@@ -239,11 +322,13 @@ def cmd_pipeline_profile(args) -> int:
 
 def cmd_pipeline_train(args) -> int:
     _pipeline_prepare(args)
+    from flows._prefect import temporary_server
     from flows.train import train_flow
 
-    s = train_flow(args.params, args.set, args.project_dir, run_dir=args.run_dir, base_profile=args.base_profile,
-                   export_dir=args.export, reports_dir=args.reports, experiment=args.experiment,
-                   media_every=args.media_every)
+    with temporary_server():
+        s = train_flow(args.params, args.set, args.project_dir, run_dir=args.run_dir, base_profile=args.base_profile,
+                       export_dir=args.export, reports_dir=args.reports, experiment=args.experiment,
+                       media_every=args.media_every)
     from aegpo.eval_metrics import before_after_lines
 
     print(f"\ntrained {s['rounds']} rounds ({s['strategy']}), {s['nfe']} denoiser evaluations; run {s['run_dir']}")
@@ -254,11 +339,13 @@ def cmd_pipeline_train(args) -> int:
 
 
 def cmd_pipeline_evaluate(args) -> int:
+    from flows._prefect import temporary_server
     from flows.evaluation import evaluate_flow, prepare_eval
 
     prepare_eval(args.checkpoint, args.params, args.set, args.project_dir)
-    r = evaluate_flow(args.checkpoint, args.params, args.set, args.project_dir, out=args.out, label=args.label,
-                      reuse=not args.no_reuse)
+    with temporary_server():
+        r = evaluate_flow(args.checkpoint, args.params, args.set, args.project_dir, out=args.out, label=args.label,
+                          reuse=not args.no_reuse)
     m, base = r["metrics"], r.get("base_metrics") or {}
     print(f"{args.label}: " + "  ".join(f"{k} {v:.3f}" for k, v in m.items())
           + ("  (base: " + "  ".join(f"{k} {v:.3f}" for k, v in base.items()) + ")" if base else "")
@@ -266,25 +353,37 @@ def cmd_pipeline_evaluate(args) -> int:
     return 0
 
 
+DOCTOR_DEADLINE_S = 10.0  # per storage operation: doctor answers within 30 s even when the endpoint hangs
+
+
 def cmd_pipeline_doctor(args) -> int:
     """Each tool's endpoint as this environment configures it (never credentials)."""
-    from flows.storage import StorageSettings, open_storage
+    import dataclasses
+
+    from flows.storage import StorageSettings, open_storage, redact_url
     from flows.tracking import default_tracking_uri
 
     settings = StorageSettings.from_env()
+    settings = dataclasses.replace(settings, deadline=min(settings.deadline, DOCTOR_DEADLINE_S),
+                                   read_timeout=min(settings.read_timeout, DOCTOR_DEADLINE_S / 2))
     print(f"artifact store:   {settings.describe()}")
-    print(f"S3 endpoint:      {settings.endpoint_url or '(AWS default)'} (boto3, DVC endpointurl, MLFLOW_S3_ENDPOINT_URL="
-          f"{os.environ.get('MLFLOW_S3_ENDPOINT_URL', '')})")
+    print(f"S3 endpoint:      {redact_url(settings.endpoint_url) or '(AWS default)'} (boto3, DVC endpointurl, "
+          f"MLFLOW_S3_ENDPOINT_URL={redact_url(os.environ.get('MLFLOW_S3_ENDPOINT_URL', ''))})")
     print(f"S3 credentials:   {'set' if os.environ.get('AWS_ACCESS_KEY_ID') or os.environ.get('AWS_PROFILE') else 'not set'}")
-    print(f"MLflow tracking:  {default_tracking_uri(args.project_dir)}")
-    print(f"Prefect API:      {os.environ.get('PREFECT_API_URL') or '(temporary local server per run)'}")
+    print(f"S3 deadlines:     connect {settings.connect_timeout:g} s, read {settings.read_timeout:g} s, "
+          f"{settings.max_attempts} attempts, {settings.deadline:g} s per operation here")
+    print(f"MLflow tracking:  {redact_url(default_tracking_uri(args.project_dir))}")
+    print(f"Prefect API:      {redact_url(os.environ.get('PREFECT_API_URL')) or '(temporary local server per run)'}")
     print(f"PREFECT_HOME:     {os.environ.get('PREFECT_HOME', '~/.prefect')}")
+    sys.stdout.flush()
     open_storage(None, args.project_dir, settings).check()
     print("artifact store reachable: yes")
     return 0
 
 
 def cmd_pipeline(args) -> int:
+    from aegpo.io_utils import shorten
+
     for noisy in ("httpx", "httpcore", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -292,7 +391,7 @@ def cmd_pipeline(args) -> int:
     except Exception as err:  # noqa: BLE001 - bad input and unreachable services get one clear line
         if type(err).__name__ not in PIPELINE_ERRORS or args.verbose:
             raise
-        print(f"aegpo pipeline {args.pipeline_command}: error: {err}", file=sys.stderr)
+        print(f"aegpo pipeline {args.pipeline_command}: error: {shorten(str(err), 2000)}", file=sys.stderr)
         return 2
 
 
@@ -353,15 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="checkpoints/shapes-base")
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="PNG file (several samples are tiled side by side)")
-    p.add_argument("--num", type=int, default=1)
+    p.add_argument("--num", type=_bounded_int(1, SAMPLE_MAX_NUM), default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=_bounded_int(1, SAMPLE_MAX_STEPS), default=20)
     p.add_argument("--shift", type=float, default=1.0)
     p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling factor of the PNG")
+    p.add_argument("--scale", type=_bounded_int(1, SAMPLE_MAX_SCALE), default=1,
+                   help=f"nearest-neighbour upscaling factor of the PNG (1..{SAMPLE_MAX_SCALE})")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("evaluate", help="strict/dense accuracy of a checkpoint on a prompt file")
+    p = sub.add_parser("evaluate", help="eval metrics of the reward (shapes: strict/dense accuracy) for a checkpoint")
     _add_params(p)
     p.add_argument("--checkpoint", default=None, help="default: model.checkpoint (the shipped base)")
     p.add_argument("--prompts", default=None, help="default: eval.prompts (the eval split)")
@@ -425,25 +525,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect_census)
 
     add_pipeline_parser(sub)
+
+    p = sub.add_parser("tiny", help="write a tiny random-weight sd3/flux pipeline or pickscore reward folder")
+    p.add_argument("--kind", required=True, choices=["sd3", "flux", "pickscore"])
+    p.add_argument("--out", required=True, help="folder to write (refused if it exists and is not empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(func=cmd_tiny)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from aegpo.checkpoint import CheckpointError
-    from aegpo.config import ParamsError
-    from aegpo.guard import RoundsRejectedError
-    from aegpo.prompt_files import PromptFileError
+    from aegpo.io_utils import shorten
 
     try:
         return args.func(args)
-    except (ParamsError, PromptFileError, CheckpointError, FileNotFoundError, KeyError, ValueError,
-            RoundsRejectedError) as err:
+    except KeyboardInterrupt:
+        print(f"aegpo {args.command}: interrupted (saved progress is kept; run the command again to resume)",
+              file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line without -v; the traceback only with -v
         if args.verbose:
             raise
-        print(f"aegpo {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        if any(c.__name__ in USER_ERRORS for c in type(err).__mro__):  # bad input: the message says what to do
+            print(f"aegpo {args.command}: error: {shorten(_message(err), 2000)}", file=sys.stderr)
+            return 2
+        print(f"aegpo {args.command}: error: {type(err).__name__}: {shorten(_message(err), 2000)} "
+              "(run with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+# Errors whose message is the whole story (matched by class name: checking them must not import torch).
+USER_ERRORS = ("ParamsError", "PromptFileError", "CheckpointError", "CorruptFileError", "RunInUseError",
+               "FileNotFoundError", "KeyError", "ValueError", "StorageError", "TrackingError", "WriteError",
+               "RoundsRejectedError")
+
+
+def _message(err: BaseException) -> str:
+    """The error's text (KeyError's str() adds quotes around its message)."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
 if __name__ == "__main__":

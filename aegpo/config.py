@@ -4,7 +4,8 @@
 (the grammar of `dvc exp run -S`: the value is parsed as YAML, an optional
 `params.yaml:` prefix is accepted), and validates everything into frozen pydantic
 models. An unknown key, a wrong type or an impossible value raises `ParamsError`
-naming the dotted key and what is expected.
+naming the dotted key and what is expected. Numbers are strict: `true` is not 1, "5" is not 5
+(an int field takes an integer; a float field an integer or a decimal).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, ValidationError, model_validator
 
 from aegpo.config_base import Section
+from aegpo.io_utils import shorten
 from aegpo.models.pretrained_params import PretrainedParams
 from aegpo.shapes.spec import MAX_SIZE, MIN_SIZE
 
@@ -26,8 +28,8 @@ class ParamsError(ValueError):
 
 
 class LoraParams(Section):
-    rank: int = Field(16, ge=1, description="LoRA rank r.")
-    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    rank: StrictInt = Field(16, ge=1, description="LoRA rank r.")
+    alpha: StrictFloat = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
     target_modules: tuple[str, ...] = Field(
         ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
         min_length=1,
@@ -43,17 +45,18 @@ class ModelParams(Section):
     checkpoint: str = Field("checkpoints/shapes-base", description="Base checkpoint folder (relative to the project).")
     finetune: Literal["lora", "full"] = Field("lora", description="Train LoRA adapters (reference = adapters off) or every denoiser weight (reference = frozen copy).")
     lora: LoraParams = Field(default_factory=LoraParams, description="LoRA settings when finetune = lora.")
-    guidance_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance; 1 = none (one denoiser call per step).")
+    guidance_scale: StrictFloat = Field(1.0, ge=1.0, description="Classifier-free guidance; 1 = none (one denoiser call per step).")
     pretrained: PretrainedParams = Field(default_factory=PretrainedParams, description="Real models (SD3.5, FLUX): where and how to load them (kinds sd3, flux).")
-    device: str = Field("auto", description="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+                        description="torch device: auto (cuda if available), cpu, cuda, cuda:N or mps.")
+    threads: StrictInt = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
 
 
 class SamplerParams(Section):
-    num_steps: int = Field(10, ge=2, le=1000, description="Denoising steps of a training rollout.")
-    shift: float = Field(1.0, gt=0, description="Time shift of the sigma schedule: σ = s·t / (1 + (s − 1)·t), t = linspace(1, 0).")
+    num_steps: StrictInt = Field(10, ge=2, le=1000, description="Denoising steps of a training rollout.")
+    shift: StrictFloat = Field(1.0, gt=0, description="Time shift of the sigma schedule: σ = s·t / (1 + (s − 1)·t), t = linspace(1, 0).")
     sde: Literal["dance", "flow", "cps"] = Field("dance", description="Stochastic step on exploring steps: DanceGRPO, Flow-GRPO or CPS (see aegpo/samplers.py).")
-    noise_level: float = Field(0.7, ge=0, le=5, description="η (dance), a (flow) or a (cps: std = σ_next·sin(aπ/2), a ≤ 1) of the SDE.")
+    noise_level: StrictFloat = Field(0.7, ge=0, le=5, description="η (dance), a (flow) or a (cps: std = σ_next·sin(aπ/2), a ≤ 1) of the SDE.")
     same_noise: bool = Field(True, description="All rollouts of one prompt start from the same initial noise (DanceGRPO's init_same_noise).")
 
     @model_validator(mode="after")
@@ -76,34 +79,34 @@ class RewardParams(Section):
 
 
 class OptimParams(Section):
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    lr: StrictFloat = Field(3e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: StrictFloat = Field(1e-4, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip before each optimizer step.")
+    eps: StrictFloat = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: StrictFloat = Field(1.0, gt=0, description="Gradient norm clip before each optimizer step.")
 
 
 class TrainParams(Section):
     prompts: str = Field("data/prompts/train.txt", description="Training prompt file, one per line.")
     strategy: str = Field("grpo", description="Strategy (aegpo.strategies registry): where to explore and how many rollouts each prompt gets.")
-    rounds: int = Field(45, ge=1, description="Rounds of sample → score → advantage → optimize.")
-    prompts_per_round: int = Field(16, ge=1, description="Prompts drawn (without replacement, cycling) per round.")
-    group_size: int = Field(12, ge=2, description="Rollouts per prompt under a uniform budget (the budget is prompts_per_round × group_size).")
-    timestep_fraction: float = Field(0.6, gt=0, le=1, description="grpo: fraction of the (non-final) steps trained per sample, chosen at random (DanceGRPO).")
-    optimizer_steps: int = Field(2, ge=1, description="Optimizer steps per round; the round's samples are split into this many minibatches (gradient accumulation inside each).")
-    micro_batch: int = Field(32, ge=1, description="Transitions per forward/backward pass (memory knob; does not change the maths).")
-    inner_epochs: int = Field(4, ge=1, description="Passes over a round's samples.")
-    clip_range: float = Field(1e-3, gt=0, description="PPO ratio clip ε.")
-    adv_clip_max: float = Field(5.0, gt=0, description="Advantages are clipped to ±this.")
-    std_floor: float = Field(0.05, ge=0, description="Group std floor in the z-score (avoids blowing up tiny reward gaps).")
-    kl_beta: float = Field(0.0, ge=0, description="Weight of the KL to the reference policy (Flow-GRPO: ‖μθ − μref‖² / 2σ²); 0 = off.")
+    rounds: StrictInt = Field(45, ge=1, description="Rounds of sample → score → advantage → optimize.")
+    prompts_per_round: StrictInt = Field(16, ge=1, description="Prompts drawn (without replacement, cycling) per round.")
+    group_size: StrictInt = Field(12, ge=2, description="Rollouts per prompt under a uniform budget (the budget is prompts_per_round × group_size).")
+    timestep_fraction: StrictFloat = Field(0.6, gt=0, le=1, description="grpo: fraction of the (non-final) steps trained per sample, chosen at random (DanceGRPO).")
+    optimizer_steps: StrictInt = Field(2, ge=1, description="Optimizer steps per round; the round's samples are split into this many minibatches (gradient accumulation inside each).")
+    micro_batch: StrictInt = Field(32, ge=1, description="Transitions per forward/backward pass (memory knob; does not change the maths).")
+    inner_epochs: StrictInt = Field(4, ge=1, description="Passes over a round's samples.")
+    clip_range: StrictFloat = Field(1e-3, gt=0, description="PPO ratio clip ε.")
+    adv_clip_max: StrictFloat = Field(5.0, gt=0, description="Advantages are clipped to ±this.")
+    std_floor: StrictFloat = Field(0.05, ge=0, description="Group std floor in the z-score (avoids blowing up tiny reward gaps).")
+    kl_beta: StrictFloat = Field(0.0, ge=0, description="Weight of the KL to the reference policy (Flow-GRPO: ‖μθ − μref‖² / 2σ²); 0 = off.")
     optim: OptimParams = Field(default_factory=OptimParams, description="Optimizer.")
-    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of trainable weights for evaluation/saving; 0 = off.")
-    eval_every: int = Field(15, ge=0, description="Evaluate every this many rounds (and at the end); 0 = only at the end.")
+    ema_decay: StrictFloat = Field(0.0, ge=0, lt=1, description="EMA of trainable weights for evaluation/saving; 0 = off.")
+    eval_every: StrictInt = Field(15, ge=0, description="Evaluate every this many rounds (and at the end); 0 = only at the end.")
     eval_base: bool = Field(True, description="Evaluate the base policy before round 0 (the 'before' of before/after).")
     out_dir: str = Field("runs/train", description="Run folder: checkpoints, round logs, rollouts.")
-    save_every: int = Field(1, ge=1, description="Write the resumable state every this many rounds (and at the end).")
-    max_rejected_rounds: int = Field(
+    save_every: StrictInt = Field(1, ge=1, description="Write the resumable state every this many rounds (and at the end).")
+    max_rejected_rounds: StrictInt = Field(
         3, ge=1, description="Stop the run after this many rounds in a row were rejected for a NaN/inf reward, "
         "advantage, loss, gradient or weight (a rejected round trains nothing and writes no state).")
 
@@ -114,23 +117,23 @@ class EntropyParams(Section):
     heads: list[int] | Literal["all"] = Field("all", description="Heads to record.")
     keys: Literal["all", "text"] = Field("all", description="Entropy over all keys, or over the text keys with the softmax renormalised on them.")
     normalize: bool = Field(False, description="Divide by log(number of keys), giving entropy in [0, 1].")
-    query_stride: int = Field(1, ge=1, description="Use every n-th image query (subsampling cuts the cost).")
-    chunk_size: int = Field(1024, ge=1, description="Image queries per chunk of the log-sum-exp computation (bounds memory).")
+    query_stride: StrictInt = Field(1, ge=1, description="Use every n-th image query (subsampling cuts the cost).")
+    chunk_size: StrictInt = Field(1024, ge=1, description="Image queries per chunk of the log-sum-exp computation (bounds memory).")
     method: Literal["chunked", "fused"] = Field("chunked", description="chunked: log-sum-exp over query chunks (aegpo/entropy/core.py); fused: one flash-attention call per layer with the keys as values, no logits matrix (aegpo/entropy/fused.py; much faster on GPU, falls back to chunked where unsupported).")
 
 
 class AEGPOParams(Section):
-    probe_seed: int = Field(4321, description="Noise seed of entropy probes (base profile and current policy share it, so ΔEntropy sees only the policy change).")
+    probe_seed: StrictInt = Field(4321, description="Noise seed of entropy probes (base profile and current policy share it, so ΔEntropy sees only the policy change).")
     cache_dir: str = Field("cache/profiles", description="Where base-entropy profiles are cached (keyed on base checkpoint, prompt set and probe parameters).")
     delta: Literal["absolute", "relative"] = Field("relative", description="ΔEntropy = |E_θ − E_base| / E_base (relative: the paper's abstract says 'relative change') or |E_θ − E_base| (absolute: our deviation; within 0.005 strict of relative on the built-in world, docs/findings.md §2).")
     delta_aggregate: Literal["mean", "peaks"] = Field("mean", description="Aggregate Entropy(t) over all steps (mean) or over the selected peak steps only.")
     delta_source: Literal["probe", "history"] = Field("probe", description="Current entropy from a probe pass this round (costs P·T NFE) or from the prompt's previous rollouts (free, stale; unseen prompts are probed).")
     allocation: Literal["median_split", "proportional", "uniform"] = Field("median_split", description="Budget rule (aegpo/allocation.py).")
-    tie_tolerance: float = Field(1e-5, ge=0, description="ΔEntropy differences below tie_tolerance × the batch's mean base entropy count as ties (relative ΔEntropy: below tie_tolerance itself); ties get uniform budgets (round 0 of a LoRA run: ΔEntropy is float noise of ~1e-7 of the entropy).")
-    high_group: int | None = Field(None, ge=2, description="median_split: rollouts above the median; null = round(4/3 · train.group_size) (16 for 12, a secondary source's reading of the paper).")
-    low_group: int | None = Field(None, ge=2, description="median_split: rollouts below the median; null = 2 · train.group_size − high_group (8); high + low must be 2 · group_size.")
-    floor: int | None = Field(None, ge=2, description="proportional: fewest rollouts a prompt gets; null = max(2, group_size // 3).")
-    ceiling: int | None = Field(None, ge=2, description="proportional: most rollouts a prompt gets; null = 2 · group_size.")
+    tie_tolerance: StrictFloat = Field(1e-5, ge=0, description="ΔEntropy differences below tie_tolerance × the batch's mean base entropy count as ties (relative ΔEntropy: below tie_tolerance itself); ties get uniform budgets (round 0 of a LoRA run: ΔEntropy is float noise of ~1e-7 of the entropy).")
+    high_group: StrictInt | None = Field(None, ge=2, description="median_split: rollouts above the median; null = round(4/3 · train.group_size) (16 for 12, a secondary source's reading of the paper).")
+    low_group: StrictInt | None = Field(None, ge=2, description="median_split: rollouts below the median; null = 2 · train.group_size − high_group (8); high + low must be 2 · group_size.")
+    floor: StrictInt | None = Field(None, ge=2, description="proportional: fewest rollouts a prompt gets; null = max(2, group_size // 3).")
+    ceiling: StrictInt | None = Field(None, ge=2, description="proportional: most rollouts a prompt gets; null = 2 · group_size.")
 
     def split(self, group_size: int) -> tuple[int, int]:
         """(high, low) group sizes of median_split."""
@@ -142,69 +145,69 @@ class AEGPOParams(Section):
         """(floor, ceiling) of proportional."""
         floor = self.floor if self.floor is not None else max(2, group_size // 3)
         return floor, self.ceiling if self.ceiling is not None else 2 * group_size
-    peaks_k: int = Field(4, ge=1, description="K steps to explore (4: a secondary source's TopK); also random_k's K.")
+    peaks_k: StrictInt = Field(4, ge=1, description="K steps to explore (4: a secondary source's TopK); also random_k's K.")
     peak_rule: Literal["topk", "peaks"] = Field("topk", description="topk: the K most extreme Entropy(t) steps in peak_direction; peaks: greedy non-maximum suppression with min_spacing (aegpo/peaks.py).")
     peak_direction: Literal["high", "low", "auto"] = Field(
         "high", description="high: maxima of Entropy(t) (the paper's peaks); low: its minima (troughs; our deviation, "
         "where the built-in model's reward is decided, docs/findings.md §2b); auto: calibrate once on the base "
         "policy (aegpo bench critical-steps) and take maxima for a positive rank correlation of Entropy(t) with "
         "the reward spread of SDE at that step, minima for a negative one, maxima when the 95% CI includes 0.")
-    calibration_prompts: int = Field(16, ge=2, description="peak_direction auto: train prompts (the first N) in the calibration.")
-    calibration_group: int = Field(4, ge=2, description="peak_direction auto: rollouts per prompt and step (same initial noise, SDE at that step only).")
-    calibration_seed: int = Field(0, description="peak_direction auto: noise seed of the calibration rollouts and its bootstrap.")
-    min_spacing: int = Field(2, ge=1, description="peaks: minimum distance in steps between chosen peaks.")
+    calibration_prompts: StrictInt = Field(16, ge=2, description="peak_direction auto: train prompts (the first N) in the calibration.")
+    calibration_group: StrictInt = Field(4, ge=2, description="peak_direction auto: rollouts per prompt and step (same initial noise, SDE at that step only).")
+    calibration_seed: StrictInt = Field(0, description="peak_direction auto: noise seed of the calibration rollouts and its bootstrap.")
+    min_spacing: StrictInt = Field(2, ge=1, description="peaks: minimum distance in steps between chosen peaks.")
     peak_scope: Literal["prompt", "batch"] = Field("prompt", description="Choose steps per prompt or once per round from the batch-mean Entropy(t).")
     peak_source: Literal["probe", "base"] = Field("probe", description="Entropy(t) for the step choice: this round's probe of the current policy, or the cached base profile (free).")
 
 
 class MixGRPOParams(Section):
-    window: int = Field(4, ge=1, description="Width of the sliding SDE window (MixGRPO: 4).")
-    shift_every: int = Field(5, ge=1, description="Rounds before the window slides one step towards σ = 0 (MixGRPO: 25 iterations).")
+    window: StrictInt = Field(4, ge=1, description="Width of the sliding SDE window (MixGRPO: 4).")
+    shift_every: StrictInt = Field(5, ge=1, description="Rounds before the window slides one step towards σ = 0 (MixGRPO: 25 iterations).")
 
 
 class EvalParams(Section):
     prompts: str = Field("data/prompts/eval.txt", description="Evaluation prompt file, one per line.")
-    num_steps: int = Field(20, ge=1, description="ODE steps for evaluation samples.")
-    samples_per_prompt: int = Field(4, ge=1, description="Images per prompt (seeds 0..n−1 offset by prompt index).")
-    seed: int = Field(1234, description="Base seed of evaluation noise: fixed so evaluations are comparable.")
-    batch_size: int = Field(100, ge=1, description="Images per denoiser batch.")
+    num_steps: StrictInt = Field(20, ge=1, description="ODE steps for evaluation samples.")
+    samples_per_prompt: StrictInt = Field(4, ge=1, description="Images per prompt (seeds 0..n−1 offset by prompt index).")
+    seed: StrictInt = Field(1234, description="Base seed of evaluation noise: fixed so evaluations are comparable.")
+    batch_size: StrictInt = Field(100, ge=1, description="Images per denoiser batch.")
 
 
 class ArchParams(Section):
-    patch_size: int = Field(8, ge=1, description="Pixels per token side (32 / patch_size)² image tokens.")
-    num_layers: int = Field(6, ge=1, description="Joint transformer blocks.")
-    num_heads: int = Field(4, ge=1, description="Attention heads.")
-    head_dim: int = Field(32, ge=8, description="Width per head (denoiser width = heads × head_dim).")
-    text_dim: int = Field(64, ge=8, description="Text encoder width.")
-    text_layers: int = Field(2, ge=1, description="Text encoder layers.")
+    patch_size: StrictInt = Field(8, ge=1, description="Pixels per token side (32 / patch_size)² image tokens.")
+    num_layers: StrictInt = Field(6, ge=1, description="Joint transformer blocks.")
+    num_heads: StrictInt = Field(4, ge=1, description="Attention heads.")
+    head_dim: StrictInt = Field(32, ge=8, description="Width per head (denoiser width = heads × head_dim).")
+    text_dim: StrictInt = Field(64, ge=8, description="Text encoder width.")
+    text_layers: StrictInt = Field(2, ge=1, description="Text encoder layers.")
     prediction: Literal["x", "v"] = Field("x", description="Denoiser output: clean image x0 (converted to a velocity) or velocity v.")
 
 
 class PretrainParams(Section):
     arch: ArchParams = Field(default_factory=ArchParams, description="Architecture of the built-in policy.")
     out: str = Field("checkpoints/shapes-base", description="Where the base checkpoint is written.")
-    steps: int = Field(5000, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(64, ge=1, description="Rendered (image, caption) pairs per step.")
-    lr: float = Field(7e-4, gt=0, description="AdamW peak learning rate (after a linear warm-up).")
+    steps: StrictInt = Field(5000, ge=1, description="Optimizer steps.")
+    batch_size: StrictInt = Field(64, ge=1, description="Rendered (image, caption) pairs per step.")
+    lr: StrictFloat = Field(7e-4, gt=0, description="AdamW peak learning rate (after a linear warm-up).")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="constant after warm-up (a run's first N steps do not depend on `steps`, so any "
         "intermediate checkpoint is reproduced exactly by steps=N), or cosine decay to 10% at `steps`.")
-    warmup: int = Field(300, ge=0, description="Warm-up steps.")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the shipped weights.")
-    caption_dropout: float = Field(0.1, ge=0, le=1, description="Probability of an empty caption (enables guidance).")
+    warmup: StrictInt = Field(300, ge=0, description="Warm-up steps.")
+    weight_decay: StrictFloat = Field(0.01, ge=0, description="AdamW weight decay.")
+    ema_decay: StrictFloat = Field(0.999, ge=0, lt=1, description="EMA decay of the shipped weights.")
+    caption_dropout: StrictFloat = Field(0.1, ge=0, le=1, description="Probability of an empty caption (enables guidance).")
     prompt_mix: Literal["uniform", "balanced"] = Field(
         "balanced", description="uniform over train prompts (98% compound/relation), or balanced over prompt kinds "
         "(single / compound / relation a third each).")
-    grid: int = Field(8, ge=1, le=8, description="Rendered objects' bounding-box corners on multiples of this many "
+    grid: StrictInt = Field(8, ge=1, le=8, description="Rendered objects' bounding-box corners on multiples of this many "
                       "pixels (1: anywhere, as the spec allows; the patch size puts each object on whole tokens).")
-    object_size: int = Field(7, ge=0, le=MAX_SIZE, description="Every rendered object this many pixels across (0: "
+    object_size: StrictInt = Field(7, ge=0, le=MAX_SIZE, description="Every rendered object this many pixels across (0: "
                              f"uniform over the spec's {MIN_SIZE}..{MAX_SIZE}).")
     sigma_sampling: Literal["logit_normal", "uniform"] = Field("uniform", description="Training σ distribution: uniform (default; trains the high-noise layout phase) or SD3's logit-normal(0, 1).")
-    stop_at: int = Field(0, ge=0, description="Stop after this many steps and write `out` there (0: run all "
+    stop_at: StrictInt = Field(0, ge=0, description="Stop after this many steps and write `out` there (0: run all "
                          "`steps`); the LR schedule still spans `steps`.")
-    save_every: int = Field(500, ge=1, description="Write an intermediate checkpoint every this many steps.")
-    seed: int = Field(0, description="Seed of initialisation, data and noise.")
+    save_every: StrictInt = Field(500, ge=1, description="Write an intermediate checkpoint every this many steps.")
+    seed: StrictInt = Field(0, description="Seed of initialisation, data and noise.")
     init_from: str = Field("", description="Start from this base checkpoint's weights instead of random init (empty = from scratch).")
 
     @model_validator(mode="after")
@@ -218,7 +221,7 @@ class PretrainParams(Section):
 
 
 class Params(Section):
-    seed: int = Field(0, description="Global seed of a training run (prompt order, noise, LoRA init).")
+    seed: StrictInt = Field(0, description="Global seed of a training run (prompt order, noise, LoRA init).")
     model: ModelParams = Field(default_factory=ModelParams, description="Policy.")
     sampler: SamplerParams = Field(default_factory=SamplerParams, description="Rollout sampler.")
     reward: RewardParams = Field(default_factory=RewardParams, description="Reward.")
@@ -303,12 +306,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+_HYDRA_PREFIX = re.compile(r"([^=:]*\.ya?ml:)?(~|\+\+|\+)?(.*)", re.S)
+
+
+def split_override(text: str) -> tuple[str, str]:
+    """'[file.yaml:][~|+|++]key=value' → (the prefix: '', '~', '+' or '++'; 'key=value' without file and prefix)."""
+    m = _HYDRA_PREFIX.match(text)
+    return m.group(2) or "", m.group(3)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with each override set (intermediate mappings are created)."""
+    """Return a copy of `raw` with each override set (intermediate mappings are created), in order.
+
+    Hydra's prefixes, as `dvc exp run -S` takes them, are accepted so one list of overrides works for
+    both tools: `+key=value` and `++key=value` set like `key=value`; `~key` (or `~key=value`) deletes the
+    key. A plain `key={...}` replaces a mapping here but merges into it in DVC, so a mapping that must
+    lose keys (e.g. `reward.weights` when changing the reward) is written `~key` then `+key={...}`.
+    """
     import copy
 
     out = copy.deepcopy(raw)
     for text in overrides:
+        op, text = split_override(text)
+        if op == "~":
+            path, _ = parse_override(text if "=" in text else text + "=")
+            node = out
+            for part in path[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(path[-1], None)
+            continue
         path, value = parse_override(text)
         node = out
         for part in path[:-1]:
@@ -329,7 +356,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
         elif e["type"] == "value_error":  # a cross-field check: its message names the keys
             lines.append(f"{source}: {str(e['msg']).removeprefix('Value error, ')}")
         else:
-            lines.append(f"{source}: {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{source}: {key}: {e['msg']} (got {shorten(repr(e.get('input')), 200)})")
     return "\n".join(lines)
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
+
+from aegpo.io_utils import shorten
+
+log = logging.getLogger(__name__)
 
 
 class PromptFileError(ValueError):
@@ -11,7 +16,11 @@ class PromptFileError(ValueError):
 
 
 def read_prompt_file(path: str | Path, validate: Callable[[str], object] | None = None) -> list[str]:
-    """Read prompts from `path`; `validate(prompt)` may raise ValueError for a bad prompt."""
+    """Read prompts from `path`; `validate(prompt)` may raise ValueError for a bad prompt.
+
+    Duplicates are kept (a prompt listed twice counts twice, in training and in evaluation) and
+    reported with a warning naming their lines, so that a pasted block is not counted silently.
+    """
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"prompt file {path} does not exist (expected a text file, one prompt per line)")
@@ -19,7 +28,9 @@ def read_prompt_file(path: str | Path, validate: Callable[[str], object] | None 
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise PromptFileError(f"prompt file {path} is not UTF-8 text ({err})") from None
-    prompts = []
+    prompts: list[str] = []
+    first_line: dict[str, int] = {}
+    duplicates: list[tuple[int, int]] = []
     for lineno, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -28,8 +39,16 @@ def read_prompt_file(path: str | Path, validate: Callable[[str], object] | None 
             try:
                 validate(text)
             except ValueError as err:
-                raise PromptFileError(f"{path}, line {lineno}: {err}") from None
+                raise PromptFileError(f"{path}, line {lineno}: {shorten(str(err), 300)}") from None
         prompts.append(text)
+        first_line.setdefault(text, lineno)
+        if first_line[text] != lineno:
+            duplicates.append((lineno, first_line[text]))
     if not prompts:
         raise PromptFileError(f"prompt file {path} holds no prompts (expected one prompt per line)")
+    if duplicates:
+        shown = ", ".join(f"line {a} repeats line {b}" for a, b in duplicates[:5])
+        more = ", ..." if len(duplicates) > 5 else ""
+        log.warning("prompt file %s: %d duplicate prompt(s), each counted as often as listed (%s%s); remove "
+                    "them to weigh every prompt once", path, len(duplicates), shown, more)
     return prompts

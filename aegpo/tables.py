@@ -81,6 +81,10 @@ def with_parts(schema: pa.Schema, parts: list[str], prefix: str = "") -> pa.Sche
     return schema
 
 
+class TableError(ValueError):
+    """A table file that cannot be read (truncated, not Parquet) or lacks a column."""
+
+
 def to_parquet_bytes(table: pa.Table) -> bytes:
     """The Parquet file of `table` as bytes (for flows.storage: one atomic PUT)."""
     sink = io.BytesIO()
@@ -90,7 +94,11 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
 
 def from_parquet_bytes(data: bytes, schema: pa.Schema | None = None, source: str = "table") -> pa.Table:
     """Read a table from bytes; with `schema`, check that its columns and types are there."""
-    table = pq.read_table(io.BytesIO(data))
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as err:
+        raise TableError(f"table {source} is not a readable Parquet file ({str(err)[:200]}); "
+                         "it is damaged: write it again") from None
     if schema is not None:
         check_schema(table, schema, source)
     return table
@@ -104,7 +112,11 @@ def with_metadata(table: pa.Table, meta: dict[str, Any]) -> pa.Table:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    meta = pq.read_schema(str(path)).metadata or {}
+    try:
+        meta = pq.read_schema(str(path)).metadata or {}
+    except (pa.ArrowException, OSError) as err:
+        raise TableError(f"table {path} is not a readable Parquet file ({str(err)[:200]}); "
+                         "it is damaged: delete it or write it again") from None
     return {k.decode()[len("aegpo."):]: v.decode() for k, v in meta.items() if k.startswith(b"aegpo.")}
 
 
@@ -129,7 +141,11 @@ def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"table {path} does not exist")
-    table = pq.read_table(str(path))
+    try:
+        table = pq.read_table(str(path))
+    except (pa.ArrowException, OSError) as err:
+        raise TableError(f"table {path} is not a readable Parquet file ({str(err)[:200]}); "
+                         "it is damaged (truncated or not Parquet): delete it or write it again") from None
     if schema is not None:
         check_schema(table, schema, str(path))
     return table
@@ -139,7 +155,7 @@ def check_schema(table: pa.Table, schema: pa.Schema, source: str = "table") -> N
     """Raise ValueError naming the column when `table` lacks a column of `schema` or has another type."""
     for field in schema:
         if field.name not in table.schema.names:
-            raise ValueError(f"table {source}: column {field.name!r} is missing")
+            raise TableError(f"table {source}: column {field.name!r} is missing")
         if not table.schema.field(field.name).type.equals(field.type):
-            raise ValueError(f"table {source}: column {field.name!r} is {table.schema.field(field.name).type}, "
+            raise TableError(f"table {source}: column {field.name!r} is {table.schema.field(field.name).type}, "
                              f"expected {field.type}")

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from aegpo.io_utils import atomic_directory
+from aegpo.io_utils import CorruptFileError, atomic_directory, load_safetensors, read_json_file
 
 STATE_FILE = "state.json"
 
@@ -60,9 +60,18 @@ def save_state(
 
 
 def load_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
-    """(trainable tensors, optimizer tensors, ema tensors, info) of a saved state."""
+    """(trainable tensors, optimizer tensors, ema tensors, info) of a saved state.
+
+    A damaged state (a file edited, truncated or deleted by hand: the save itself is atomic)
+    raises CorruptFileError naming the file.
+    """
     directory = Path(directory)
-    info = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    remedy = (f"the saved training state {directory} is damaged: restore it from a copy, or delete it "
+              "to restart the run from round 0")
+    info = read_json_file(directory / STATE_FILE, remedy)
+    if not isinstance(info, dict) or not {"round", "nfe", "params", "optimizer", "strategy"} <= set(info):
+        raise CorruptFileError(f"{directory / STATE_FILE} lacks round/nfe/params/optimizer/strategy; {remedy}")
     ema_path = directory / "ema.safetensors"
-    ema = load_file(str(ema_path)) if ema_path.is_file() else {}
-    return load_file(str(directory / "trainable.safetensors")), load_file(str(directory / "optimizer.safetensors")), ema, info
+    ema = load_safetensors(ema_path, remedy) if ema_path.is_file() else {}
+    return (load_safetensors(directory / "trainable.safetensors", remedy),
+            load_safetensors(directory / "optimizer.safetensors", remedy), ema, info)

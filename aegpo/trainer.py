@@ -30,13 +30,14 @@ from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.eval_metrics import metric_names
 from aegpo.evaluate import evaluate
 from aegpo.guard import NonFiniteRound, RoundSnapshot, RoundsRejectedError, require_finite
-from aegpo.io_utils import atomic_write_json
+from aegpo.io_utils import atomic_write_json, clean_litter, read_json_file, recover_directory
 from aegpo.models.base import Conditioning, LoraSpec
 from aegpo.policy_update import UpdateConfig, group_advantages, policy_update
 from aegpo.record import PromptResult, RejectedRound, RoundRecord, UpdateStats
 from aegpo.rewards.base import RewardResult
 from aegpo.rewards.registry import reward_from_params
 from aegpo.rollout import Rollout, derive_seed, generate, sample_seeds
+from aegpo.run_lock import RunLock, check_writable_folder
 from aegpo.strategies.base import RoundContext, RoundPlan, expand_groups
 from aegpo.strategies.registry import build_strategy
 from aegpo.tables import PROFILE_SCHEMA, read_table
@@ -97,6 +98,17 @@ class Trainer:
         self.params, self.progress = params, progress
         self.project_dir = Path(project_dir)
         self.out_dir = self.project_dir / params.train.out_dir
+        # Fail before any model is loaded or round computed; then hold the folder (one writer per run).
+        check_writable_folder(self.out_dir)
+        self._lock: RunLock | None = RunLock(self.out_dir)
+        try:
+            self._setup(params, train_prompts, eval_prompts, base_profile_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, params: Params, train_prompts: list[str], eval_prompts: list[str] | None,
+               base_profile_path: str | Path | None) -> None:
         if params.model.threads:
             torch.set_num_threads(params.model.threads)
         self.reward = reward_from_params(params, self.project_dir)
@@ -134,6 +146,16 @@ class Trainer:
         self._unsaved = False  # an accepted round's update is not in the saved state yet (save_every > 1)
         self.base_eval: dict[str, Any] | None = None
         self._resume()
+
+    def close(self) -> None:
+        """Give back the run folder's lock (also done when the process ends, kill -9 included)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     # ----- the loop --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -435,6 +457,9 @@ class Trainer:
                 "params": _json_params(self.params)}
         save_state(self.out_dir / "state", self.named_trainable, self.optimizer,
                    self.ema.state_tensors() if self.ema else {}, info)
+        self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
         ctx = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
         with ctx:
             save_trained(self.policy, self.out_dir / "checkpoint", self.base_ref,
@@ -442,7 +467,13 @@ class Trainer:
 
     def _resume(self) -> None:
         state_dir = self.out_dir / "state"
-        if not (state_dir / "state.json").is_file():
+        # A kill inside a save: put back the last complete folder, then drop half-written ones.
+        for folder in (state_dir, self.out_dir / "checkpoint"):
+            if recover_directory(folder):
+                log.warning("%s: an interrupted save was rolled back to the previous complete folder", folder)
+        for path in clean_litter(self.out_dir):
+            log.info("removed %s (left by an interrupted write)", path)
+        if not state_dir.exists():
             return
         trainable, opt_tensors, ema, info = load_state(state_dir)
         changed = sorted(k for k, v in _json_params(self.params).items()
@@ -458,14 +489,29 @@ class Trainer:
             self.ema.load_state_tensors(ema)
         self.strategy.load_state_dict(info["strategy"])
         self.round, self.nfe = info["round"], info["nfe"]
+        remedy = "restore it from a copy, or delete it (the run continues; its history lacks that record)"
         base_eval = self.out_dir / "eval_base.json"
         if base_eval.is_file():
-            self.base_eval = json.loads(base_eval.read_text(encoding="utf-8"))
+            self.base_eval = read_json_file(base_eval, remedy)
         for r in range(self.round):
             path = self.out_dir / "rounds" / f"round-{r:04d}.json"
             if path.is_file():
-                self.history.append(RoundRecord.from_json(json.loads(path.read_text(encoding="utf-8"))))
+                self.history.append(RoundRecord.from_json(read_json_file(path, remedy)))
+        self._repair_checkpoint()
         log.info("resumed %s at round %d", self.out_dir, self.round)
+
+    def _repair_checkpoint(self) -> None:
+        """Rewrite the checkpoint when a kill fell between the state's save and the checkpoint's."""
+        from aegpo.checkpoint import CheckpointError, read_manifest
+
+        try:
+            saved_round = read_manifest(self.out_dir / "checkpoint").get("meta", {}).get("round")
+        except CheckpointError:
+            saved_round = None
+        if saved_round != self.round:
+            log.warning("%s is behind the saved state (round %s, state at %d): rewritten from the state",
+                        self.out_dir / "checkpoint", saved_round, self.round)
+            self._save_checkpoint()
 
 
 def _json_params(params: Params) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The evaluation flow `aegpo-evaluate`: a checkpoint's strict/dense accuracy on the eval prompts.
+"""The evaluation flow `aegpo-evaluate`: a checkpoint's eval metrics (those its reward reports) on the eval prompts.
 
     python -m aegpo.cli pipeline evaluate --checkpoint artifacts/train/checkpoint --out reports/eval.json
     prefect deployment run 'aegpo-evaluate/gpu' --param checkpoint=runs/train/aegpo-1a2b3c4d/checkpoint

@@ -9,53 +9,22 @@ last completed round.
 If a task fails while it changes the trainer (sampling, update, end of round), the session is
 dropped: the next use rebuilds it from the saved state, never from a half-updated model.
 
-A run folder is locked (flock) while a session holds it: two processes never train into the
-same folder; the lock goes with the process, kill -9 included.
+A run folder is locked (aegpo.run_lock, the same flock `aegpo train` takes) while a session holds
+it: two processes never train into the same folder; the lock goes with the process, kill -9 included.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aegpo.run_lock import LOCK_FILE, RunInUseError, RunLock  # noqa: F401 (re-exported: the flows' names)
 from aegpo.trainer import RoundWork, Trainer
 from flows.round_io import RunStore
 from flows.spec import RunSpec, read_prompts
 from flows.storage import open_storage
-
-LOCK_FILE = ".aegpo-run.lock"
-
-
-class RunInUseError(RuntimeError):
-    """Another process is training into the same run folder."""
-
-
-class RunLock:
-    """An exclusive flock on `<run>/.aegpo-run.lock`, released on close or process exit."""
-
-    def __init__(self, run_dir: Path) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / LOCK_FILE
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self.path.read_text(encoding="utf-8").strip() or "unknown"
-            os.close(self._fd)
-            raise RunInUseError(f"run folder {run_dir} is in use by another process ({holder}); wait for it to "
-                                "finish or stop it (its progress is kept)") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode())
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = -1
 
 
 @dataclass
@@ -70,6 +39,7 @@ class TrainingSession:
     def close(self) -> None:
         self.in_flight.clear()
         self.pending.clear()
+        self.trainer.close()
         self.lock.close()
 
 

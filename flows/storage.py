@@ -11,6 +11,15 @@ Settings (environment only: never params.yaml, never logged):
                               boto3's usual credential and region chain
     AEGPO_S3_MAX_ATTEMPTS     attempts per request before giving up (default 4)
     AEGPO_S3_CONNECT_TIMEOUT  seconds per connection attempt (default 5)
+    AEGPO_S3_READ_TIMEOUT     seconds without a byte from the endpoint before an attempt fails (default 20)
+    AEGPO_S3_DEADLINE         seconds one operation may take, every attempt included (default 60); an
+                              object's transfer gets 1 s more per AEGPO_S3_MIN_MBPS megabytes
+    AEGPO_S3_MIN_MBPS         slowest transfer rate still accepted, MB/s (default 2)
+
+An endpoint that accepts connections and never answers fails each operation after at most
+AEGPO_S3_DEADLINE seconds (a transient StorageError naming the endpoint); `aegpo pipeline doctor`
+caps it at 10 s. A credential written inside an endpoint URL (http://user:secret@host) is
+replaced by *** wherever the URL is printed, logged or stored (`redact_url`).
 
 Keys are '/'-separated paths relative to the storage root ("runs/train/x/rounds/...").
 
@@ -27,8 +36,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
+import threading
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -75,24 +87,112 @@ class StorageSettings:
     region: str | None = None
     max_attempts: int = 4
     connect_timeout: float = 5.0
+    read_timeout: float = 20.0
+    deadline: float = 60.0
+    min_mbps: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StorageSettings:
         env = os.environ if env is None else env
         endpoint = env.get("AEGPO_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-        try:
-            attempts = int(env.get("AEGPO_S3_MAX_ATTEMPTS", "4"))
-            timeout = float(env.get("AEGPO_S3_CONNECT_TIMEOUT", "5"))
-        except ValueError as err:
-            raise StorageError(f"AEGPO_S3_MAX_ATTEMPTS / AEGPO_S3_CONNECT_TIMEOUT must be numbers ({err})") from None
+        numbers: dict[str, float] = {}
+        for name, default in (("MAX_ATTEMPTS", "4"), ("CONNECT_TIMEOUT", "5"), ("READ_TIMEOUT", "20"),
+                              ("DEADLINE", "60"), ("MIN_MBPS", "2")):
+            text = env.get(f"AEGPO_S3_{name}", default)
+            try:
+                numbers[name] = float(text)
+            except ValueError:
+                raise StorageError(f"AEGPO_S3_{name}={text[:40]!r}: the AEGPO_S3_* settings must be numbers "
+                                   f"(default {default})") from None
+            if not numbers[name] > 0 or numbers[name] == float("inf"):
+                raise StorageError(f"AEGPO_S3_{name} must be a positive finite number, got {text[:40]!r}")
         return cls(uri=env.get("AEGPO_STORAGE_URI") or None, endpoint_url=endpoint or None,
                    region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None,
-                   max_attempts=max(1, attempts), connect_timeout=timeout)
+                   max_attempts=max(1, int(numbers["MAX_ATTEMPTS"])), connect_timeout=numbers["CONNECT_TIMEOUT"],
+                   read_timeout=numbers["READ_TIMEOUT"], deadline=numbers["DEADLINE"], min_mbps=numbers["MIN_MBPS"])
 
     def describe(self) -> str:
         """The settings that are safe to print: URI and endpoint, never credentials."""
         where = self.uri or "(project folder)"
-        return where + (f" via {self.endpoint_url}" if self.endpoint_url and where.startswith("s3://") else "")
+        if self.endpoint_url and where.startswith("s3://"):
+            return f"{where} via {redact_url(self.endpoint_url)}"
+        return where
+
+    def transfer_deadline(self, size: int) -> float:
+        """Seconds an operation moving `size` bytes may take."""
+        return self.deadline + size / (self.min_mbps * 1e6)
+
+
+def redact_url(url: str | None) -> str:
+    """`url` with the password (or a lone user token) of its user-info part replaced by ***."""
+    if not url or "@" not in url:
+        return url or ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(an endpoint URL that cannot be parsed)"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    user = parts.username or ""
+    userinfo = f"{user}:***" if parts.password is not None else "***"
+    netloc = f"{userinfo}@{host}" + (f":{port}" if port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*)(?P<password>:[^/\s@]*)?@")
+
+
+def redact_text(text: str) -> str:
+    """Every URL credential inside `text` (an error message of botocore, MLflow, ...) replaced by ***."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["password"] else f"{m['scheme']}***@",
+                         str(text))
+
+
+class _DeadlinePassed(Exception):
+    """Raised inside botocore (before a retry is sent) once the caller has given up on the operation."""
+
+
+_CALL_STATE = threading.local()
+
+
+def _stop_after_deadline(**_: Any) -> None:
+    """botocore `before-send` hook: no further attempt once this operation's deadline has passed."""
+    deadline = getattr(_CALL_STATE, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise _DeadlinePassed()
+
+
+def run_with_deadline(fn, seconds: float, on_timeout: Exception):
+    """`fn()` in a daemon thread; raise `on_timeout` when it has not returned after `seconds`.
+
+    A hung socket cannot block the caller past the deadline; the abandoned attempt ends at its
+    own read timeout and starts no retry (`_stop_after_deadline`).
+    """
+    outcome: dict[str, Any] = {}
+    until = time.monotonic() + seconds
+
+    def target() -> None:
+        _CALL_STATE.deadline = until
+        try:
+            outcome["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = err
+
+    worker = threading.Thread(target=target, name="aegpo-s3-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise on_timeout
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class Storage(ABC):
@@ -280,7 +380,7 @@ class S3Storage(Storage):
 
     @property
     def endpoint(self) -> str:
-        return self.settings.endpoint_url or "AWS S3 (default endpoint)"
+        return redact_url(self.settings.endpoint_url) or "AWS S3 (default endpoint)"
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}".strip("/") if self.prefix else key.strip("/")
@@ -288,8 +388,9 @@ class S3Storage(Storage):
     def uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self._key(key)}".rstrip("/")
 
-    def _call(self, what: str, key: str, fn, **kwargs):
-        """Run one boto3 call, turning botocore's errors into StorageError / FileNotFoundError."""
+    def _call(self, what: str, key: str, fn, *, size: int = 0, **kwargs):
+        """Run one boto3 call within the operation deadline (`size`: bytes it moves), turning botocore's
+        errors into StorageError / FileNotFoundError."""
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -301,11 +402,18 @@ class S3Storage(Storage):
         )
 
         where = f"{self.uri(key)} at {self.endpoint}"
+        seconds = self.settings.transfer_deadline(size)
+        timeout = StorageError(f"S3 endpoint {self.endpoint} did not answer: {what} {self.uri(key)} gave no result "
+                               f"within {seconds:.0f} s (AEGPO_S3_DEADLINE); check the endpoint, or raise the "
+                               "deadline for a slow one", transient=True)
         try:
-            return fn(**kwargs)
+            return run_with_deadline(lambda: fn(**kwargs), seconds, timeout)
+        except _DeadlinePassed:
+            raise timeout from None
         except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError) as err:
             raise StorageError(f"S3 endpoint {self.endpoint} is unreachable: {what} {self.uri(key)} failed after "
-                               f"{self.settings.max_attempts} attempts ({err})", transient=True) from None
+                               f"{self.settings.max_attempts} attempts ({redact_text(str(err))})",
+                               transient=True) from None
         except NoCredentialsError:
             raise StorageError(f"{what} {where}: no S3 credentials (set AWS_ACCESS_KEY_ID and "
                                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
@@ -317,17 +425,20 @@ class S3Storage(Storage):
             if code == "NoSuchBucket":
                 raise StorageError(f"bucket {self.bucket!r} does not exist at {self.endpoint}") from None
             transient = status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout")
-            raise StorageError(f"{what} {where} failed: {code or status} {err}", transient=transient) from None
+            raise StorageError(f"{what} {where} failed: {code or status} {redact_text(str(err))}",
+                               transient=transient) from None
         except BotoCoreError as err:
-            raise StorageError(f"{what} {where} failed: {err}", transient=True) from None
+            raise StorageError(f"{what} {where} failed: {redact_text(str(err))}", transient=True) from None
 
     def put_bytes(self, key: str, data: bytes) -> StoredObject:
-        self._call("writing", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+        self._call("writing", key, self.client.put_object, size=len(data), Bucket=self.bucket, Key=self._key(key),
+                   Body=data)
         return self.describe_object(key, data)
 
     def get_bytes(self, key: str) -> bytes:
         resp = self._call("reading", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
-        return resp["Body"].read()
+        body = resp["Body"]
+        return self._call("reading", key, lambda: body.read(), size=int(resp.get("ContentLength") or 0))
 
     def exists(self, key: str) -> bool:
         try:
@@ -390,10 +501,12 @@ def make_s3_client(settings: StorageSettings):
     quiet_credential_notices()
 
     config = Config(retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-                    connect_timeout=settings.connect_timeout, read_timeout=120,
+                    connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
                     s3={"addressing_style": "path"} if settings.endpoint_url else None)
-    return boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
-                                          config=config)
+    client = boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
+                                            config=config)
+    client.meta.events.register("before-send.s3", _stop_after_deadline)
+    return client
 
 
 def open_storage(uri: str | None = None, project_dir: str | Path = ".",

@@ -15,6 +15,7 @@ Metric steps: per-round metrics use `step = round` (0-based round index); evalua
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -177,10 +178,30 @@ class Tracker:
                 self._experiment_id = self.client.create_experiment(self.experiment, self.artifact_location,
                                                                     tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
             else:
+                self._check_artifact_location(exp.artifact_location)
                 self._experiment_id = exp.experiment_id
                 if EXPERIMENT_KIND_TAG not in exp.tags:  # experiments made before the tag existed (never override a choice)
                     self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return self._experiment_id
+
+    def _check_artifact_location(self, existing: str) -> None:
+        """Refuse an experiment whose artifacts live in another kind of store than this run's.
+
+        (After an S3 run, a local run on the same mlflow.db would otherwise write its artifacts to
+        S3 without credentials and crash.)
+        """
+        if self.artifact_location is None or not existing:
+            return
+        want = self.artifact_location.split("://", 1)[0] if "://" in self.artifact_location else "file"
+        have = existing.split("://", 1)[0] if "://" in existing else "file"
+        if want != have:
+            from flows.storage import redact_url
+
+            raise TrackingError(
+                f"MLflow experiment {self.experiment!r} in {redact_url(self.uri)} keeps its artifacts at "
+                f"{redact_url(existing)}, but this run's artifacts go to {redact_url(self.artifact_location)} "
+                f"(AEGPO_STORAGE_URI changed?); pass --experiment with another name, or restore the storage "
+                "settings of that experiment")
 
     def find_run(self, tags: dict[str, str], parent_id: str | None = None) -> str | None:
         """The newest run of the experiment carrying all `tags` (and `parent_id` when given)."""
@@ -205,10 +226,19 @@ class Tracker:
         run_id = run.info.run_id
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(flat_params.items())]
-        for start in range(0, len(items), PARAM_BATCH):
-            self.client.log_batch(run_id, params=items[start:start + PARAM_BATCH])
-        self.client.log_dict(run_id, params_doc, "config/params.json")
+        try:
+            items = [Param(k, str(v)[:6000]) for k, v in sorted(flat_params.items())]
+            for start in range(0, len(items), PARAM_BATCH):
+                self.client.log_batch(run_id, params=items[start:start + PARAM_BATCH])
+            self.client.log_dict(run_id, params_doc, "config/params.json")
+        except Exception as err:  # the run must not stay RUNNING: it is marked FAILED, with a clear error
+            from flows.storage import redact_text
+
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(run_id, "FAILED")
+            raise TrackingError(f"MLflow run {run_id} could not store its parameters at "
+                                f"{redact_text(run.info.artifact_uri or '?')} (marked FAILED): "
+                                f"{type(err).__name__}: {redact_text(str(err))[:300]}") from err
         return run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:

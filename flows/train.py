@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from aegpo.config import flatten
+from aegpo.config import flatten, split_override
 from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.io_utils import atomic_directory
 from aegpo.strategies.registry import strategy_class
@@ -30,7 +30,7 @@ from flows.progress import RoundProgress
 from flows.reports import load_records, write_reports
 from flows.session import drop_session, session_for
 from flows.spec import RunSpec, artifact_location, prepare_run, resolve, run_tags
-from flows.storage import open_storage
+from flows.storage import open_storage, redact_url
 from flows.tasks import (
     evaluate_policy,
     finish_round,
@@ -118,7 +118,9 @@ def _train_run_name() -> str:
     from prefect.runtime import flow_run
 
     overrides = flow_run.parameters.get("overrides") or []
-    strategy = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.strategy=")), "")
+    # the last one wins; `++train.strategy=` (DVC's Hydra prefix) is `train.strategy=`
+    strategy = next((o.split("=", 1)[1] for o in (split_override(t)[1] for t in reversed(overrides))
+                     if o.startswith("train.strategy=")), "")
     return f"train-{strategy}" if strategy else "train"
 
 
@@ -144,7 +146,7 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
     params = spec.params()
     log = run_logger()
     log.info("run %s in %s (store %s, tracking %s)", spec.run_name, spec.run_dir, spec.storage_uri or "project folder",
-             spec.tracking_uri)
+             redact_url(spec.tracking_uri))  # a URL may hold a credential: never in logs (Prefect stores them)
     if strategy_class(params.train.strategy).needs_base_profile:
         spec = spec.model_copy(update={"base_profile_key": _base_profile(spec, base_profile)})
     tracker = Tracker(spec.tracking_uri, spec.experiment, artifact_location(spec))

@@ -14,6 +14,7 @@ from aegpo.config import (
     load_params,
     parse_override,
     shipped_differences,
+    split_override,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,21 @@ def test_override_grammar_matches_dvc_exp_run_S():
     assert raw == {"train": {"rounds": 7}, "model": {"lora": {"rank": 4}}}
     p = load_params(ROOT / "params.yaml", ["train.rounds=7", "model.lora.rank=4", "train.optim.lr=0.001"])
     assert (p.train.rounds, p.model.lora.rank, p.train.optim.lr) == (7, 4, 0.001)
+
+
+def test_hydra_prefixes_of_dvc_exp_run_S():
+    """`+`/`++` set, `~` deletes (in order, with or without the file prefix), as `dvc exp run -S` takes them."""
+    raw = {"reward": {"name": "shapes", "weights": {"dense": 0.5, "strict": 0.5}, "models": {}}}
+    out = apply_overrides(raw, ["++reward.name=pickscore", "~reward.weights",
+                                "params.yaml:+reward.weights={pickscore: 1}", "++reward.models.pickscore.path=models/p",
+                                "~model.absent", "params.yaml:~reward.aggregate"])
+    assert out == {"reward": {"name": "pickscore", "weights": {"pickscore": 1},
+                              "models": {"pickscore": {"path": "models/p"}}}}
+    assert raw["reward"]["weights"] == {"dense": 0.5, "strict": 0.5}  # the input is not changed
+    assert apply_overrides({"a": {"b": 1}}, ["~a.b=1"]) == {"a": {}}
+    assert split_override("params.yaml:++train.strategy=grpo") == ("++", "train.strategy=grpo")
+    with pytest.raises(ParamsError, match="expected"):
+        apply_overrides({}, ["params.json:+a.b=1"])
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ def test_train_and_evaluate_with_pickscore_print_its_metrics(tiny_base, pickscor
     assert base["metrics"] == ["reward", "pickscore"] and "strict" not in base
 
     metrics = write_reports(out, tmp_path / "reports", "grpo")
-    assert set(metrics["eval"]) == {"reward", "pickscore", "nfe"}
+    assert set(metrics["base_eval"]) == {"reward", "pickscore"}
     header = (tmp_path / "reports" / "eval_curve.csv").read_text().splitlines()[0]
     assert header == "rounds_done,reward,pickscore"
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 
 from aegpo.rollout import Rollout, StepPlan, derive_seed, generate
-from aegpo.tables import PROFILE_SCHEMA, read_metadata, read_table, with_metadata, write_table
+from aegpo.tables import PROFILE_SCHEMA, TableError, read_metadata, read_table, with_metadata, write_table
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +247,14 @@ def load_or_compute_base_profile(base_policy, base_digest: str, prompts: list[st
     and the new ones are added to it (so later lazy runs reuse them)."""
     key = cache_key(base_digest, prompts, spec)
     path = Path(cache_dir) / f"base-entropy-{key[:16]}.parquet"
-    if path.is_file() and read_metadata(path).get("cache_key") == key:
-        log.info("base-entropy profile: reusing %s", path)
-        return EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA)), path, False
+    if path.is_file():
+        try:
+            if read_metadata(path).get("cache_key") == key:
+                profile = EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
+                log.info("base-entropy profile: reusing %s", path)
+                return profile, path, False
+        except (TableError, KeyError, ValueError) as err:  # a cache is only a cache: compute it again
+            log.warning("base-entropy profile cache %s is damaged (%s); computing it again", path, err)
     log.info("base-entropy profile: probing %d prompts -> %s", len(prompts), path)
     lazy = LazyBaseProfile(lambda ps: probe(base_policy, ps, spec, recorder, progress=progress),
                            ProfileStore(cache_dir, base_digest, spec), base_policy.nfe_per_call, spec.num_steps)

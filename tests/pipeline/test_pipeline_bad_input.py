@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
+from pipeline_helpers import REPO, free_port
 
 from aegpo.cli import main
-from flows.session import RunInUseError, RunLock
-from pipeline_helpers import free_port
+from flows.session import RunLock
 
 
 def _snapshot(folder) -> dict[str, str]:
@@ -69,8 +72,11 @@ def test_evaluating_a_folder_that_is_not_a_checkpoint(make_project, capsys):
 
 
 def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
+    # within one process the lock is shared (a session and its trainer); another process is refused
     lock = RunLock(tmp_path / "run")
-    with pytest.raises(RunInUseError, match="in use by another process"):
-        RunLock(tmp_path / "run")
+    probe = subprocess.run([sys.executable, "-c", "import sys; from flows.session import RunLock; "
+                            "RunLock(sys.argv[1])", str(tmp_path / "run")], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert probe.returncode != 0 and "in use by another process" in probe.stderr
     lock.close()
     RunLock(tmp_path / "run").close()

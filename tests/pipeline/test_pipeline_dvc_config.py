@@ -86,6 +86,38 @@ def test_plots_and_metrics_refer_to_columns_the_reports_write(reports):
     assert "eval" not in metrics  # the final accuracy is the evaluate stage's (reports/eval.json): one name each
 
 
+# Round records of a shapes run and of a learned-reward run (pickscore): the plots must find their columns in both.
+EVALS = {"shapes": ({"strict": 0.1, "dense": 0.3, "reward": 0.2, "metrics": ["strict", "dense", "reward"]},
+                    {"strict": 0.2, "dense": 0.4, "reward": 0.3, "metrics": ["strict", "dense", "reward"]}),
+         "pickscore": ({"pickscore": 19.0, "reward": 19.0, "metrics": ["reward", "pickscore"]},
+                       {"pickscore": 20.0, "reward": 20.0, "metrics": ["reward", "pickscore"]})}
+PARTS = {"shapes": {"reward_dense": 0.3, "reward_strict": 0.1}, "pickscore": {"reward_pickscore": 19.5}}
+
+
+@pytest.mark.parametrize("reward", sorted(EVALS))
+def test_plots_find_their_columns_whatever_the_reward(reward, tmp_path):
+    base, final = EVALS[reward]
+    run = tmp_path / "run"
+    (run / "rounds").mkdir(parents=True)
+    (run / "eval_base.json").write_text(json.dumps(base))
+    for r in range(2):
+        record = {"round": r, "nfe": 100 * (r + 1), "reward_mean": 0.2 + r, "reward_std": 0.1, **PARTS[reward],
+                  "loss": 0.0, "kl": 0.0, "clip_frac": 0.1, "grad_norm": 1.0, "per_prompt": [],
+                  "plan": {"delta_entropy": [0.05], "group_sizes": [4]}, **({"eval": final} if r == 1 else {})}
+        (run / "rounds" / f"round-{r:04d}.json").write_text(json.dumps(record))
+    write_reports(run, tmp_path / "reports", "aegpo")
+    for plot in DVC["plots"]:
+        (props,) = plot.values()
+        for path, columns in props["y"].items():
+            header = (tmp_path / path).read_text().splitlines()[0].split(",")
+            for col in [props["x"], *([columns] if isinstance(columns, str) else columns)]:
+                assert col in header, f"{reward}: {path} has no column {col!r}"
+    header = (tmp_path / "reports" / "eval_curve.csv").read_text().splitlines()[0].split(",")
+    assert set(header) == {"rounds_done", *base["metrics"]}  # the reward's metrics, no others
+    train = json.loads((tmp_path / "reports" / "train_metrics.json").read_text())
+    assert train["base_eval"] == {k: base[k] for k in base["metrics"]}
+
+
 def test_each_metric_has_one_name_in_dvc_metrics_show(reports):
     """train_metrics.json and the evaluate stage's eval.json share no figure (e.g. base_eval.strict vs base_strict)."""
     from flows.evaluation import out_metrics
@@ -106,7 +138,7 @@ def test_dvc_plots_show_renders(reports, monkeypatch):
     assert dvc_main(["init", "--no-scm", "-q"]) == 0
     assert dvc_main(["plots", "show", "-o", "dvc_plots"]) == 0
     html = (reports / "dvc_plots" / "index.html").read_text()
-    for title in ("Reward per round", "Eval accuracy", "Entropy allocation"):
+    for title in ("Reward per round", "Eval reward", "Entropy allocation"):
         assert title in html
     assert '"delta_entropy": "0.05"' in html  # the report's data is embedded
 

@@ -1,0 +1,136 @@
+"""One writer per run folder: an exclusive `flock` on `<run>/.aegpo-run.lock`.
+
+Every writer of a run folder (`aegpo train`, the pipeline's training session) takes this lock
+before it reads or writes anything there. The kernel releases a flock when its process ends,
+kill -9 included, so a lock left by a dead process never blocks anyone: the file stays, its
+flock does not. The file names the holder (pid, host) for the message the second writer sees.
+
+Within one process the lock is shared (counted): a resumed `Trainer` or a pipeline session
+that builds a trainer in the same process for the same folder is not a second writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+LOCK_FILE = ".aegpo-run.lock"
+log = logging.getLogger(__name__)
+
+
+class RunInUseError(RuntimeError):
+    """Another process is writing into the same run folder."""
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used (not a folder, not writable)."""
+
+
+def check_writable_folder(folder: str | Path, what: str = "train.out_dir") -> Path:
+    """Create `folder` if needed and prove a file can be written there; fail naming the folder otherwise."""
+    folder = Path(folder)
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunFolderError(f"{what} {folder}: {parent} is a file, not a folder; "
+                                     f"choose another {what} or move that file away")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".aegpo-check.", suffix=".tmp") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise RunFolderError(f"{what} {folder} is not writable ({err.strerror or err}); choose a writable "
+                             f"{what}, fix its permissions or free space on its disk") from None
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recorded_holder(text: str) -> tuple[int | None, str | None]:
+    """(pid, host) recorded in a lock file ("pid 123 on host")."""
+    parts = text.split()
+    if len(parts) >= 4 and parts[0] == "pid" and parts[1].isdigit() and parts[2] == "on":
+        return int(parts[1]), parts[3]
+    return None, None
+
+
+class _Held:
+    def __init__(self, fd: int) -> None:
+        self.fd, self.count = fd, 0
+
+
+_HELD: dict[Path, _Held] = {}
+
+
+class RunLock:
+    """The run folder's lock; `close()` gives it back (the last holder in this process releases the flock)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = (run_dir / LOCK_FILE).resolve()
+        self._closed = False
+        held = _HELD.get(self.path)
+        if held is None:
+            held = _HELD[self.path] = _Held(self._acquire(run_dir))
+        held.count += 1
+
+    def _acquire(self, run_dir: Path) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = self.path.read_text(encoding="utf-8", errors="replace").strip()
+            os.close(fd)
+            pid, host = _recorded_holder(text)
+            holder = text or "unknown"
+            if pid is not None and host == os.uname().nodename and not _pid_alive(pid):
+                holder += ", no longer running: a process it started still holds the lock"
+            raise RunInUseError(f"run folder {run_dir} is in use by another process ({holder}); wait for it to "
+                                "finish or stop it (its progress is kept)") from None
+        previous = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        pid, host = _recorded_holder(previous)
+        if pid is not None and pid != os.getpid():
+            # The flock was free, so its holder is gone (killed or ended without cleaning up).
+            log.info("run folder %s: previous writer (pid %d on %s) is gone; its lock is cleared", run_dir, pid, host)
+        with contextlib.suppress(OSError):  # the flock is the lock; the holder's name is informational
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+        return fd
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        held = _HELD.get(self.path)
+        if held is None:
+            return
+        held.count -= 1
+        if held.count <= 0:
+            _HELD.pop(self.path, None)
+            with contextlib.suppress(OSError):
+                os.ftruncate(held.fd, 0)  # no holder named once released
+            with contextlib.suppress(OSError):
+                fcntl.flock(held.fd, fcntl.LOCK_UN)
+            os.close(held.fd)
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,100 @@
+"""One writer per run folder, between real processes: `aegpo train` and the pipeline share one lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aegpo.run_lock import LOCK_FILE, RunInUseError, RunLock
+
+REPO = Path(__file__).resolve().parents[2]
+HOLD = """
+import sys, time
+from aegpo.run_lock import RunLock
+lock = RunLock(sys.argv[1])
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _holder(run: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True, env=_env())
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _train(project: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aegpo.cli", "train", *extra], cwd=project, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def project(tiny_base, tmp_path):
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    (proj / "data" / "train.txt").write_text("a red circle\ntwo blue squares\n")
+    (proj / "data" / "eval.txt").write_text("a blue circle\n")
+    (proj / "params.yaml").write_text(
+        f"model: {{checkpoint: {tiny_base}, lora: {{rank: 4}}}}\nsampler: {{num_steps: 3}}\n"
+        "train: {prompts: data/train.txt, strategy: grpo, rounds: 1, prompts_per_round: 2, group_size: 2, "
+        "eval_every: 0, eval_base: false, out_dir: runs/train}\n"
+        "eval: {prompts: data/eval.txt, num_steps: 2, samples_per_prompt: 1}\nentropy: {layers: [0]}\n")
+    return proj
+
+
+def test_second_writer_is_refused_and_a_dead_holders_lock_is_cleared(project):
+    run = project / "runs" / "train"
+    holder = _holder(run)
+    try:
+        t0 = time.monotonic()
+        second = _train(project)
+        assert second.returncode == 2, second.stderr
+        assert "is in use by another process" in second.stderr and f"pid {holder.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert not (run / "state").exists() and not (run / "rounds").exists()  # refused before any work
+        assert time.monotonic() - t0 < 120
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    assert f"pid {holder.pid}" in (run / LOCK_FILE).read_text()  # the dead holder's file is still there
+    after = _train(project)
+    assert after.returncode == 0, after.stderr
+    assert f"previous writer (pid {holder.pid}" in after.stderr and "is gone" in after.stderr
+    assert (run / "checkpoint" / "aegpo_checkpoint.json").is_file()
+
+
+def test_the_pipeline_session_and_aegpo_train_use_the_same_lock(tmp_path):
+    from flows.session import RunLock as SessionLock
+
+    assert SessionLock is RunLock  # one mechanism for every writer
+    holder = _holder(tmp_path / "run")
+    try:
+        with pytest.raises(RunInUseError, match=f"pid {holder.pid}"):
+            RunLock(tmp_path / "run")
+    finally:
+        holder.kill()
+        holder.wait(10)
+    RunLock(tmp_path / "run").close()  # free again once the holder is dead
+
+
+def test_in_one_process_the_lock_is_shared_and_released_by_the_last_holder(tmp_path):
+    a = RunLock(tmp_path / "run")
+    b = RunLock(tmp_path / "run")  # e.g. a pipeline session and the trainer it builds
+    a.close()
+    probe = subprocess.run([sys.executable, "-c", "import sys; from aegpo.run_lock import RunLock; "
+                            "RunLock(sys.argv[1])", str(tmp_path / "run")], env=_env(), capture_output=True, text=True)
+    assert probe.returncode != 0 and "in use by another process" in probe.stderr
+    b.close()
+    probe = subprocess.run([sys.executable, "-c", "import sys; from aegpo.run_lock import RunLock; "
+                            "RunLock(sys.argv[1])", str(tmp_path / "run")], env=_env(), capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
