@@ -44,13 +44,64 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def _add_launch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", default=None, metavar="N|auto",
+                   help="ranks on this node (default: train.nproc); >1 re-launches under torchrun (auto: the GPUs)")
+    p.add_argument("--nnodes", default="1", help="nodes of the run (torchrun --nnodes; needs --rdzv-endpoint)")
+    p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                   help="c10d rendezvous every node reaches (several nodes; docs/pipeline.md)")
+    p.add_argument("--rdzv-id", default="aegpo", help="rendezvous id shared by the nodes of one run")
+    p.add_argument("--node-rank", type=int, default=None, help="this node's rank (optional with c10d)")
+
+
+def _relaunch(args, params) -> list[str] | None:
+    """The torchrun command that runs this same command on N ranks, or None to run here (one rank, or a rank)."""
+    from aegpo import distributed
+
+    if distributed.launched_by_torchrun():
+        return None
+    nproc = distributed.resolve_nproc(args.nproc if args.nproc is not None else params.train.nproc,
+                                      params.model.device)
+    if nproc == 1 and args.nnodes in ("1", "1:1") and not args.rdzv_endpoint:
+        return None
+    distributed.check_devices(nproc, params.model.device)
+    launch = distributed.Launch(nproc, args.nnodes, args.rdzv_endpoint, args.rdzv_id, args.node_rank)
+    return launch.command(["aegpo.cli", *_without_launch_options(args.argv)])
+
+
+LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--node-rank")
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
+    """The command line the ranks run: torchrun's argument parser would take `--nproc` for its own option."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(o + "=" for o in LAUNCH_OPTIONS)):
+            out.append(arg)
+    return out
+
+
 def cmd_train(args) -> int:
+    from aegpo import distributed
     from aegpo.prompt_files import read_prompt_file
     from aegpo.trainer import Trainer
 
     params = _params(args)
-    trainer = Trainer(params, read_prompt_file(params.train.prompts), read_prompt_file(params.eval.prompts))
-    result = trainer.run()
+    command = _relaunch(args, params)
+    if command is not None:
+        print("launching: " + " ".join(command), file=sys.stderr, flush=True)
+        os.execv(command[0], command)  # torchrun takes this process's place (signals reach it directly)
+    try:
+        trainer = Trainer(params, read_prompt_file(params.train.prompts), read_prompt_file(params.eval.prompts))
+        result = trainer.run()
+    finally:
+        distributed.teardown()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for the run
     before, after = result["base_eval"], result["history"][-1].get("eval") if result["history"] else None
     print(f"\ntrained {result['rounds']} rounds ({params.train.strategy}), {result['nfe']} denoiser evaluations")
     if before and after:
@@ -293,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="RL fine-tuning (train.strategy picks grpo, aegpo, ...)")
     _add_params(p)
+    _add_launch(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate images for one prompt")
@@ -345,15 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from aegpo.checkpoint import CheckpointError
     from aegpo.config import ParamsError
+    from aegpo.distributed import DistributedError
     from aegpo.prompt_files import PromptFileError
 
     try:
         return args.func(args)
-    except (ParamsError, PromptFileError, CheckpointError, FileNotFoundError, KeyError, ValueError) as err:
+    except (ParamsError, PromptFileError, CheckpointError, FileNotFoundError, KeyError, ValueError,
+            DistributedError) as err:
         if args.verbose:
             raise
         print(f"aegpo {args.command}: error: {err}", file=sys.stderr)

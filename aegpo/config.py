@@ -106,6 +106,22 @@ class TrainParams(Section):
     eval_base: bool = Field(True, description="Evaluate the base policy before round 0 (the 'before' of before/after).")
     out_dir: str = Field("runs/train", description="Run folder: checkpoints, round logs, rollouts.")
     save_every: int = Field(1, ge=1, description="Write the resumable state every this many rounds (and at the end).")
+    nproc: int | Literal["auto"] = Field(
+        1, description="Processes (ranks) of one run on each node, launched by torchrun (aegpo.distributed): the "
+        "round's prompt groups are split across them and gradients summed; auto = the visible GPUs (1 on CPU). "
+        "The result does not depend on it, so a run may resume with another count.")
+    dist_timeout: float = Field(
+        1800.0, gt=0, description="Seconds a rank waits in a collective (e.g. for rank 0's checkpoint) before the "
+        "run fails; a dead rank then stops the others instead of hanging them.")
+
+    @model_validator(mode="after")
+    def _check_nproc(self) -> TrainParams:
+        if self.nproc != "auto" and self.nproc < 1:
+            raise ValueError(f"nproc: expected a process count >= 1 or auto, got {self.nproc}")
+        if self.nproc != "auto" and self.nproc > self.prompts_per_round:
+            raise ValueError(f"nproc: {self.nproc} ranks but prompts_per_round={self.prompts_per_round}; every rank "
+                             "needs at least one whole prompt group")
+        return self
 
 
 class EntropyParams(Section):

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from aegpo import distributed
 from aegpo.rollout import Rollout, StepPlan, derive_seed, generate
 from aegpo.tables import PROFILE_SCHEMA, read_metadata, read_table, with_metadata, write_table
 
@@ -68,8 +69,23 @@ def probe_seeds(prompts: list[str], seed: int) -> torch.Tensor:
 def probe(policy, prompts: list[str], spec: ProbeSpec, recorder, batch_size: int = 64, progress: bool = False) -> Rollout:
     """One ODE trajectory per prompt with entropy at every step: rollout.entropy_layers (P, T, L)."""
     n = len(prompts)
-    return generate(policy, prompts, torch.arange(n), probe_seeds(prompts, spec.seed), StepPlan.ode(n, spec.num_steps),
-                    shift=spec.shift, recorder=recorder, batch_size=batch_size, progress=progress, decode=False)
+    seeds = probe_seeds(prompts, spec.seed)
+    if distributed.world_size() == 1 or n < distributed.world_size():
+        return generate(policy, prompts, torch.arange(n), seeds, StepPlan.ode(n, spec.num_steps),
+                        shift=spec.shift, recorder=recorder, batch_size=batch_size, progress=progress, decode=False)
+
+    # data-parallel runs: each rank probes a slice of the prompts; every rank gets all of Entropy(t)
+    def run(idx: torch.Tensor) -> dict:
+        ro = generate(policy, prompts, idx, seeds[idx], StepPlan.ode(len(idx), spec.num_steps), shift=spec.shift,
+                      recorder=recorder, batch_size=batch_size, progress=progress, decode=False)
+        return {"entropy_layers": ro.entropy_layers, "nfe": ro.nfe, "sigmas": [ro.sigmas]}
+
+    out = distributed.split_and_gather(n, run)
+    return Rollout(prompts=list(prompts), prompt_index=torch.arange(n), seeds=seeds, sigmas=out["sigmas"][0],
+                   plan=StepPlan.ode(n, spec.num_steps), final=torch.empty(0), images=np.zeros((n, 0, 0, 3), np.uint8),
+                   trans_sample=torch.empty(0, dtype=torch.long), trans_step=torch.empty(0, dtype=torch.long),
+                   x_t=torch.empty(0), x_next=torch.empty(0), log_prob=torch.empty(0), nfe=out["nfe"],
+                   entropy_layers=out["entropy_layers"])
 
 
 class EntropyProfile:
@@ -131,14 +147,22 @@ def load_or_compute_base_profile(base_policy, base_digest: str, prompts: list[st
     """(profile, parquet path, whether it was computed now). `base_policy` must compute the base policy."""
     key = cache_key(base_digest, prompts, spec)
     path = Path(cache_dir) / f"base-entropy-{key[:16]}.parquet"
-    if path.is_file() and read_metadata(path).get("cache_key") == key:
+    # data-parallel runs: rank 0 decides (its disk holds the cache) and writes; all ranks share the probe
+    cached = distributed.broadcast_object(path.is_file() and read_metadata(path).get("cache_key") == key
+                                          if distributed.is_main() else None)
+    if cached and not distributed.is_main():
+        return distributed.broadcast_object(None), path, False
+    if cached:
         log.info("base-entropy profile: reusing %s", path)
-        return EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA)), path, False
+        profile = EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
+        return distributed.broadcast_object(profile), path, False
     log.info("base-entropy profile: probing %d prompts -> %s", len(prompts), path)
     rollout = probe(base_policy, prompts, spec, recorder, progress=progress)
     profile = EntropyProfile.from_rollout(prompts, rollout, recorder.layer_names)
     table = with_metadata(profile.to_table(prompts, rollout.seeds), {
         "cache_key": key, "spec": {"base_manifest_sha256": base_digest, "prompt_set_sha256": prompt_set_hash(prompts),
                                    "probe": asdict(spec), "nfe": rollout.nfe}})
-    write_table(table, path)
+    with distributed.main_writes("base-entropy profile") as mine:
+        if mine:
+            write_table(table, path)
     return profile, path, True

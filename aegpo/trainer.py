@@ -21,19 +21,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from aegpo import distributed
 from aegpo.checkpoint import save_trained
 from aegpo.config import Params, flatten
 from aegpo.ema import EMA
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.evaluate import evaluate
-from aegpo.grpo import UpdateConfig, group_advantages, policy_update
+from aegpo.grpo import UpdateConfig, UpdateShard, group_advantages, policy_update
 from aegpo.io_utils import atomic_write_json
 from aegpo.models.base import LoraSpec
 from aegpo.models.registry import load_base_policy
 from aegpo.profile import EntropyProfile, ProbeSpec, load_or_compute_base_profile, probe
 from aegpo.rewards.base import RewardResult
 from aegpo.rewards.registry import build_reward
-from aegpo.rollout import Rollout, derive_seed, generate, sample_seeds
+from aegpo.rollout import Rollout, StepPlan, derive_seed, generate, sample_seeds
 from aegpo.tables import PROFILE_SCHEMA, read_table
 from aegpo.strategies.base import RoundContext, RoundPlan, expand_groups
 from aegpo.strategies.registry import build_strategy
@@ -54,6 +55,8 @@ class RoundWork:
     advantages: torch.Tensor | None = None  # (N,)
     stats: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    # data-parallel runs: (global ids of this rank's samples (n,), rank of every sample (N,)); None on one rank
+    shard: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def compute_advantages(scored: RewardResult, groups: torch.Tensor, params: Params) -> torch.Tensor:
@@ -67,22 +70,28 @@ def compute_advantages(scored: RewardResult, groups: torch.Tensor, params: Param
         part = torch.from_numpy(np.asarray(scored.parts[name], dtype=np.float64))
         total += weight * group_advantages(part, groups, t.std_floor, t.adv_clip_max)
     return total.clamp(-t.adv_clip_max, t.adv_clip_max)
-RESUME_MAY_CHANGE = ("train.rounds", "train.eval_every", "train.save_every", "eval.")
+RESUME_MAY_CHANGE = ("train.rounds", "train.eval_every", "train.save_every", "eval.", "train.nproc",
+                     "train.dist_timeout")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+resolve_device = distributed.resolve_device
 
 
 class Trainer:
     def __init__(self, params: Params, train_prompts: list[str], eval_prompts: list[str] | None = None,
                  project_dir: str | Path = ".", progress: bool = True,
                  base_profile_path: str | Path | None = None) -> None:
-        self.params, self.progress = params, progress
+        self.params = params
         self.project_dir = Path(project_dir)
         self.out_dir = self.project_dir / params.train.out_dir
+        # under torchrun: join the process group first (its device is cuda:LOCAL_RANK on GPUs)
+        self.device = distributed.init(params.model.device, params.train.dist_timeout)
+        self.world = distributed.world_size()
+        self.progress = progress and distributed.is_main()
+        if self.world > params.train.prompts_per_round:
+            raise distributed.DistributedError(
+                f"{self.world} ranks but train.prompts_per_round={params.train.prompts_per_round}: every rank needs "
+                "at least one whole prompt group; lower train.nproc or raise train.prompts_per_round")
         if params.model.threads:
             torch.set_num_threads(params.model.threads)
         self.reward = build_reward(params.reward.name, params.reward.weights, params.reward.models, self.project_dir)
@@ -90,7 +99,7 @@ class Trainer:
             self.reward.validate_prompt(p)
         self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
         self.policy, self.base_ref = load_base_policy(params.model, self.project_dir)
-        self.policy.to(resolve_device(params.model.device))
+        self.policy.to(self.device)
         self.recorder = EntropyRecorder.from_params(params.entropy) if params.entropy.record else None
         if self.recorder is not None:
             self.recorder.install(self.policy)
@@ -104,6 +113,7 @@ class Trainer:
             self.policy.add_lora(LoraSpec(lp.rank, lp.alpha, tuple(lp.target_modules), lp.init), seed=params.seed)
         else:
             self.policy.set_full_finetune()
+        self._setup_data_parallel()
         self.named_trainable = {n: p for n, p in self.policy.transformer.named_parameters() if p.requires_grad}
         o = params.train.optim
         self.optimizer = torch.optim.AdamW(list(self.named_trainable.values()), lr=o.lr, betas=o.betas,
@@ -154,11 +164,18 @@ class Trainer:
         init_seeds = None
         if s.same_noise:  # one initial noise per group; the SDE noise stays per sample
             init_seeds = sample_seeds(derive_seed(self.params.seed, "init", work.ctx.round), prompt_index, rank, True)
+        plan = work.plan.plan
+        if self.world > 1:  # this rank's whole groups; seeds stay those of the global sample
+            work.shard = self._shard_samples(work.plan, prompt_index)
+            mine = work.shard[0]
+            prompt_index, seeds, plan = prompt_index[mine], seeds[mine], StepPlan(plan.sde[mine], plan.train[mine])
+            init_seeds = None if init_seeds is None else init_seeds[mine]
         self.policy.eval()
-        work.rollout = generate(self.policy, work.ctx.prompts, prompt_index, seeds, work.plan.plan,
-                                init_seeds=init_seeds, sde=s.sde,
-                                noise_level=s.noise_level, shift=s.shift, cond=self._cond, recorder=self.recorder,
-                                progress=self.progress)
+        with distributed.unsharded(self.policy.transformer):
+            work.rollout = generate(self.policy, work.ctx.prompts, prompt_index, seeds, plan,
+                                    init_seeds=init_seeds, sde=s.sde,
+                                    noise_level=s.noise_level, shift=s.shift, cond=self._cond, recorder=self.recorder,
+                                    progress=self.progress)
         work.times["sample"] = time.perf_counter() - t0
         return work.rollout
 
@@ -174,7 +191,7 @@ class Trainer:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(derive_seed(self.params.seed, "update", work.ctx.round))
         work.stats = policy_update(self.policy, self.optimizer, work.rollout, work.advantages, self._cond,
-                                   self._update_cfg(), gen)
+                                   self._update_cfg(), gen, self._update_shard(work))
         if self.ema is not None:
             self.ema.update()
         work.times["optimize"] = time.perf_counter() - t0
@@ -186,12 +203,12 @@ class Trainer:
         `evaluation`: the result of `evaluate()` on the updated policy when the caller (the
         pipeline's evaluation task) already ran it; its time is `work.times["eval"]`.
         """
-        ro = work.rollout
+        ro, scored, advantages = self._round_view(work)
         # every pass over the trained transitions is a forward of the denoiser (inner_epochs passes)
         update_calls = int(work.stats.get("trained_transitions", 0)) * self.params.train.inner_epochs
         self.nfe += ro.nfe + work.plan.probe_nfe + update_calls * self.policy.nfe_per_call
-        record = self._record(work.ctx, work.plan, ro, work.scored, work.advantages, work.stats, work.times)
-        record.update(self.strategy.observe(work.ctx, ro, work.scored.score))
+        record = self._record(work.ctx, work.plan, ro, scored, advantages, work.stats, work.times)
+        record.update(self.strategy.observe(work.ctx, ro, scored.score))
         self.round = work.ctx.round + 1
         if evaluation is not None:
             record["eval"] = evaluation
@@ -214,7 +231,9 @@ class Trainer:
     def evaluate_base(self) -> dict[str, Any]:
         """Evaluate the base policy (the 'before' of before/after), kept in out_dir/eval_base.json."""
         self.base_eval = self.evaluate()
-        atomic_write_json(self.out_dir / "eval_base.json", self.base_eval)
+        with distributed.main_writes("base eval") as mine:
+            if mine:
+                atomic_write_json(self.out_dir / "eval_base.json", self.base_eval)
         return self.base_eval
 
     def restore_round(self, rollout: Rollout, plan: RoundPlan, scored: RewardResult | None = None,
@@ -297,7 +316,7 @@ class Trainer:
         e = self.params.eval
         self.policy.eval()
         ctx = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
-        with ctx:
+        with ctx, distributed.unsharded(self.policy.transformer):
             result = evaluate(self.policy, self.eval_prompts, self.reward, num_steps=e.num_steps,
                               samples_per_prompt=e.samples_per_prompt, seed=e.seed, shift=self.params.sampler.shift,
                               batch_size=e.batch_size, progress=self.progress)
@@ -306,9 +325,11 @@ class Trainer:
 
     def _finish_round(self, record: dict[str, Any]) -> None:
         self.history.append({k: v for k, v in record.items() if k not in ("per_prompt",)})
-        atomic_write_json(self.out_dir / "rounds" / f"round-{record['round']:04d}.json", record)
-        for cb in self.callbacks:
-            cb(record)
+        with distributed.main_writes("round record") as mine:
+            if mine:  # rank 0 alone writes records and notifies trackers (callbacks are attached there only)
+                atomic_write_json(self.out_dir / "rounds" / f"round-{record['round']:04d}.json", record)
+                for cb in self.callbacks:
+                    cb(record)
         t = self.params.train
         if self.round % t.save_every == 0 or self.round == t.rounds:
             self.save()
@@ -320,19 +341,23 @@ class Trainer:
     def save(self) -> None:
         """Resumable state, then the final-form checkpoint (EMA weights when EMA is on)."""
         info = {"round": self.round, "nfe": self.nfe, "strategy": self.strategy.state_dict(),
-                "params": _json_params(self.params)}
-        save_state(self.out_dir / "state", self.named_trainable, self.optimizer,
-                   self.ema.state_tensors() if self.ema else {}, info)
-        ctx = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
-        with ctx:
-            save_trained(self.policy, self.out_dir / "checkpoint", self.base_ref,
-                         meta={"round": self.round, "nfe": self.nfe, "params": _json_params(self.params)})
+                "params": _json_params(self.params), "world_size": self.world}
+        with distributed.main_writes("state") as mine:  # the others wait: nobody runs ahead of a save
+            if not mine:
+                return
+            save_state(self.out_dir / "state", self.named_trainable, self.optimizer,
+                       self.ema.state_tensors() if self.ema else {}, info)
+            ctx = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+            with ctx:
+                save_trained(self.policy, self.out_dir / "checkpoint", self.base_ref,
+                             meta={"round": self.round, "nfe": self.nfe, "params": _json_params(self.params)})
 
     def _resume(self) -> None:
         state_dir = self.out_dir / "state"
-        if not (state_dir / "state.json").is_file():
+        loaded = self._read_state(state_dir)
+        if loaded is None:
             return
-        trainable, opt_tensors, ema, info = load_state(state_dir)
+        trainable, opt_tensors, ema, info, base_eval, records = loaded
         changed = sorted(k for k, v in _json_params(self.params).items()
                          if info["params"].get(k) != v and not k.startswith(RESUME_MAY_CHANGE))
         if changed:
@@ -346,15 +371,83 @@ class Trainer:
             self.ema.load_state_tensors(ema)
         self.strategy.load_state_dict(info["strategy"])
         self.round, self.nfe = info["round"], info["nfe"]
-        base_eval = self.out_dir / "eval_base.json"
-        if base_eval.is_file():
-            self.base_eval = json.loads(base_eval.read_text(encoding="utf-8"))
-        for r in range(self.round):
-            path = self.out_dir / "rounds" / f"round-{r:04d}.json"
-            if path.is_file():
-                rec = json.loads(path.read_text(encoding="utf-8"))
-                self.history.append({k: v for k, v in rec.items() if k != "per_prompt"})
-        log.info("resumed %s at round %d", self.out_dir, self.round)
+        self.base_eval = base_eval
+        self.history.extend(records)
+        log.info("resumed %s at round %d (saved by %d rank(s), now %d)", self.out_dir, self.round,
+                 info.get("world_size", 1), self.world)
+
+    # ----- data parallelism (aegpo.distributed); every method is a no-op on one rank -----------------
+    def _setup_data_parallel(self) -> None:
+        """FSDP2 shards full fine-tuning of sd3/flux before the optimizer sees the weights; DDP/none otherwise."""
+        p = self.params.model
+        if distributed.uses_fsdp(p.finetune, p.kind):
+            distributed.fully_shard_transformer(self.policy.transformer)
+        self.grad_sync = distributed.grad_sync_for(self.policy, p.finetune, p.kind)
+
+    def _shard_samples(self, plan: RoundPlan, prompt_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global ids of this rank's samples, rank of every sample): whole groups, balanced by denoiser calls."""
+        t = self.params.train
+        nfe_call = self.policy.nfe_per_call
+        # a trained transition costs a forward and a backward (about 3 forwards) in each of the inner epochs
+        costs = distributed.group_costs(prompt_index, plan.plan.train.sum(1), plan.plan.sde.shape[1] * nfe_call,
+                                        3.0 * t.inner_epochs * nfe_call, len(plan.group_sizes))
+        groups = distributed.shard_groups(costs, self.world)
+        group_rank = torch.empty(len(plan.group_sizes), dtype=torch.long)
+        for r, gs in enumerate(groups):
+            group_rank[gs] = r
+        sample_rank = group_rank[prompt_index]
+        return torch.nonzero(sample_rank == distributed.rank()).squeeze(1), sample_rank
+
+    def _update_shard(self, work: RoundWork) -> UpdateShard | None:
+        if work.shard is None:
+            return None
+        return UpdateShard(work.shard[0], work.shard[1], work.plan.plan.train.sum(1).long(), distributed.rank(),
+                           self.world, self.grad_sync)
+
+    def _round_view(self, work: RoundWork) -> tuple[Rollout, RewardResult, torch.Tensor]:
+        """The whole round on every rank: the rank's own rollout, or the gathered light parts of all ranks'
+        (prompt index, seeds, plan, Entropy(t), rewards, advantages; transitions and images stay local)."""
+        ro, scored = work.rollout, work.scored
+        if work.shard is None:
+            return ro, scored, work.advantages
+        mine = {"ids": work.shard[0], "score": np.asarray(scored.score),
+                "parts": {k: np.asarray(v) for k, v in scored.parts.items()}, "adv": work.advantages,
+                "entropy": ro.entropy_layers, "nfe": ro.nfe}
+        parts = distributed.all_gather_objects(mine)
+        ids = torch.cat([p["ids"] for p in parts])
+        order = torch.argsort(ids)
+        ordered = lambda xs: xs[order.numpy()] if isinstance(xs, np.ndarray) else xs[order]  # noqa: E731
+        score = ordered(np.concatenate([p["score"] for p in parts]))
+        part_arrays = {k: ordered(np.concatenate([p["parts"][k] for p in parts])) for k in mine["parts"]}
+        ent = None if mine["entropy"] is None else ordered(torch.cat([p["entropy"] for p in parts]))
+        prompt_index, group_rank = expand_groups(work.plan.group_sizes)
+        s = self.params.sampler
+        full = Rollout(prompts=ro.prompts, prompt_index=prompt_index,
+                       seeds=sample_seeds(derive_seed(self.params.seed, "rollout", work.ctx.round), prompt_index,
+                                          group_rank, False),
+                       sigmas=ro.sigmas, plan=work.plan.plan, final=torch.empty(0, *ro.final.shape[1:]),
+                       images=np.zeros((len(prompt_index), 0, 0, 3), np.uint8),
+                       trans_sample=torch.empty(0, dtype=torch.long), trans_step=torch.empty(0, dtype=torch.long),
+                       x_t=torch.empty(0), x_next=torch.empty(0), log_prob=torch.empty(0),
+                       nfe=sum(p["nfe"] for p in parts), entropy_layers=ent,
+                       extra={"ranks": self.world, "sde": s.sde})
+        return full, RewardResult(score=score, parts=part_arrays), ordered(torch.cat([p["adv"] for p in parts]))
+
+    def _read_state(self, state_dir: Path):
+        """(trainable, optimizer tensors, EMA, info, base eval, round records) read by rank 0 and sent to all."""
+        loaded = None
+        if distributed.is_main() and (state_dir / "state.json").is_file():
+            trainable, opt_tensors, ema, info = load_state(state_dir)
+            base_eval_path = self.out_dir / "eval_base.json"
+            base_eval = json.loads(base_eval_path.read_text(encoding="utf-8")) if base_eval_path.is_file() else None
+            records = []
+            for r in range(info["round"]):
+                path = self.out_dir / "rounds" / f"round-{r:04d}.json"
+                if path.is_file():
+                    rec = json.loads(path.read_text(encoding="utf-8"))
+                    records.append({k: v for k, v in rec.items() if k != "per_prompt"})
+            loaded = (trainable, opt_tensors, ema, info, base_eval, records)
+        return distributed.broadcast_object(loaded)
 
 
 def _json_params(params: Params) -> dict[str, Any]:
