@@ -211,8 +211,19 @@ def cmd_bench_overhead(args) -> int:
     return 0
 
 
+def cmd_bench_scaling(args) -> int:
+    from aegpo.bench.scaling import run_scaling
+
+    ranks = [int(x) for x in args.ranks.split(",")]
+    params_path = args.params if Path(args.params).is_file() or args.params != "params.yaml" else None
+    summary = run_scaling(params_path, args.set, args.out, ranks, args.rounds)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"results: {args.out}/(summary.json, table.md)")
+    return 0
+
+
 # ----- pipeline: the Prefect flows of flows/ (needs the [pipeline] extra) -----------------------------
-PIPELINE_ERRORS = ("StorageError", "TrackingError", "RunInUseError")
+PIPELINE_ERRORS = ("StorageError", "TrackingError", "RunInUseError", "DistributedError")
 
 
 def _pipeline_prepare(args):
@@ -240,7 +251,7 @@ def cmd_pipeline_train(args) -> int:
 
     s = train_flow(args.params, args.set, args.project_dir, run_dir=args.run_dir, base_profile=args.base_profile,
                    export_dir=args.export, reports_dir=args.reports, experiment=args.experiment,
-                   media_every=args.media_every)
+                   media_every=args.media_every, nproc=args.nproc)
     print(f"\ntrained {s['rounds']} rounds ({s['strategy']}), {s['nfe']} denoiser evaluations; run {s['run_dir']}")
     before, after = s.get("base_eval"), s.get("final_eval")
     if before and after:
@@ -316,6 +327,8 @@ def add_pipeline_parser(sub) -> None:
     q.add_argument("--reports", default=None, help="write DVC metrics and plot CSVs here")
     q.add_argument("--experiment", default="aegpo", help="MLflow experiment")
     q.add_argument("--media-every", type=int, default=0, help="MLflow plots/samples every N rounds")
+    q.add_argument("--nproc", default=None, metavar="N|auto",
+                   help="processes of the run on this machine (default: train.nproc); >1 starts torchrun")
     q.set_defaults(pipeline_func=cmd_pipeline_train)
 
     q = psub.add_parser("evaluate", help="the evaluation flow for a checkpoint")
@@ -391,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.set_defaults(func=cmd_bench_overhead)
+
+    p = bsub.add_parser("scaling", help="data-parallel training on 1 vs N CPU ranks: images/s and weight difference")
+    _add_params(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--ranks", default="1,2", help="world sizes to run (the first is the reference)")
+    p.add_argument("--rounds", type=int, default=4, help="rounds per run (the first is a warm-up)")
+    p.set_defaults(func=cmd_bench_scaling)
 
     add_pipeline_parser(sub)
     return parser

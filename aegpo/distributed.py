@@ -135,6 +135,11 @@ def _rank_device(device: str) -> torch.device:
     return dev
 
 
+def rank_env() -> int:
+    """This process's global rank as torchrun set it (0 outside torchrun), before the group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def world_size_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
