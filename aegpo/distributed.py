@@ -310,16 +310,23 @@ class GradSync:
             yield
 
 
-def grad_sync_for(policy, finetune: str, kind: str) -> GradSync | None:
-    """None on one rank; DDP for LoRA and the built-in model; FSDP2 (already applied) for full sd3/flux."""
+def grad_sync_for(policy, mode: str) -> GradSync | None:
+    """None on one rank; else DDP or FSDP2 (`fully_shard_transformer` already applied)."""
     if world_size() == 1:
         return None
-    return GradSync(policy, "fsdp" if uses_fsdp(finetune, kind) else "ddp")
+    return GradSync(policy, mode)
 
 
-def uses_fsdp(finetune: str, kind: str) -> bool:
-    """FSDP2 shards full fine-tuning of the real models (weights, gradients and AdamW state per rank)."""
-    return world_size() > 1 and finetune == "full" and kind in ("sd3", "flux")
+def parallel_mode(choice: str, finetune: str, kind: str) -> str:
+    """`train.data_parallel` resolved: auto = FSDP2 for full fine-tuning of the real models, DDP otherwise."""
+    if world_size() == 1:
+        return "none"
+    if choice == "auto":
+        return "fsdp" if finetune == "full" and kind in ("sd3", "flux") else "ddp"
+    if choice == "fsdp" and finetune != "full":
+        raise DistributedError("train.data_parallel=fsdp shards the whole denoiser: it needs model.finetune=full "
+                               "(LoRA adapters are small: use ddp or auto)")
+    return choice
 
 
 def fully_shard_transformer(transformer: torch.nn.Module) -> None:
@@ -359,8 +366,45 @@ def unsharded(module: torch.nn.Module) -> Iterator[None]:
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor's full value (a collective), or the tensor itself."""
+    """A DTensor's full value (a collective: every rank calls it, in the same order), or the tensor itself."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """`full` laid out as `ref`: this rank's shard when `ref` is a DTensor (FSDP2), else `full` on its device."""
+    if hasattr(ref, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(ref.device_mesh.device_type).to(ref.dtype), ref.device_mesh, ref.placements)
+    return full.to(ref.device)
+
+
+class FullOptimizerView:
+    """An optimizer's state_dict with FSDP2-sharded state gathered now, on every rank (a collective), for
+    `aegpo.train_state.save_state` on rank 0."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        sd = optimizer.state_dict()
+        state = {pid: {k: full_tensor(v) if torch.is_tensor(v) else v for k, v in st.items()}
+                 for pid, st in sorted(sd["state"].items())}
+        self._sd = {"state": state, "param_groups": sd["param_groups"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._sd
+
+
+class FullPolicyView:
+    """The attributes of a policy that `checkpoint.save_trained` reads, with the full (gathered) denoiser state."""
+
+    def __init__(self, policy, state: dict[str, torch.Tensor]) -> None:
+        self.lora, self._policy, self._state = policy.lora, policy, state
+        self.transformer = self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+    def describe(self):
+        return self._policy.describe()
 
 
 # ----- launching -------------------------------------------------------------------------------

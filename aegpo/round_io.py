@@ -46,7 +46,7 @@ from aegpo.tables import (EVAL_ROWS_SCHEMA, ROLLOUT_SCHEMA, ROUND_REWARD_SCHEMA,
 
 GRID_COLUMNS = 16
 RESUMABLE_PREFIXES = ("train.rounds", "train.eval_every", "train.save_every", "eval.", "train.nproc",
-                      "train.dist_timeout")  # = Trainer.RESUME_MAY_CHANGE
+                      "train.dist_timeout", "train.data_parallel")  # = Trainer.RESUME_MAY_CHANGE
 
 
 # ----- run identity -------------------------------------------------------------------------------

@@ -271,7 +271,8 @@ class Trainer:
     def _probe(self, prompts: list[str]):
         """Entropy probe of the current policy (aegpo.profile.probe: fixed per-prompt noise)."""
         self.policy.eval()
-        return probe(self.policy, prompts, self.probe_spec, self.recorder)
+        with distributed.unsharded(self.policy.transformer):
+            return probe(self.policy, prompts, self.probe_spec, self.recorder)
 
     def _load_base_profile(self, path: str | Path | None = None):
         """The base-entropy profile of the training prompts: from `path`, or the cache (computed once)."""
@@ -342,14 +343,19 @@ class Trainer:
         """Resumable state, then the final-form checkpoint (EMA weights when EMA is on)."""
         info = {"round": self.round, "nfe": self.nfe, "strategy": self.strategy.state_dict(),
                 "params": _json_params(self.params), "world_size": self.world}
+        trainable, optimizer, policy = self.named_trainable, self.optimizer, self.policy
+        if self.parallel == "fsdp":  # gather the shards (collectives: every rank takes part, rank 0 writes)
+            trainable = {n: distributed.full_tensor(p.detach()) for n, p in trainable.items()}
+            optimizer = distributed.FullOptimizerView(self.optimizer)
+            policy = distributed.FullPolicyView(self.policy, {
+                k: distributed.full_tensor(v) for k, v in self.policy.transformer.state_dict().items()})
         with distributed.main_writes("state") as mine:  # the others wait: nobody runs ahead of a save
             if not mine:
                 return
-            save_state(self.out_dir / "state", self.named_trainable, self.optimizer,
-                       self.ema.state_tensors() if self.ema else {}, info)
+            save_state(self.out_dir / "state", trainable, optimizer, self.ema.state_tensors() if self.ema else {}, info)
             ctx = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
             with ctx:
-                save_trained(self.policy, self.out_dir / "checkpoint", self.base_ref,
+                save_trained(policy, self.out_dir / "checkpoint", self.base_ref,
                              meta={"round": self.round, "nfe": self.nfe, "params": _json_params(self.params)})
 
     def _resume(self) -> None:
@@ -363,9 +369,13 @@ class Trainer:
         if changed:
             raise ValueError(f"{state_dir} was written with different parameters ({', '.join(changed)}); "
                              "use another train.out_dir or delete the folder to start over")
+        params = list(self.named_trainable.values())
         with torch.no_grad():
             for name, p in self.named_trainable.items():
-                p.copy_(trainable[name])
+                p.copy_(distributed.like(trainable[name], p))  # this rank's shard under FSDP2
+        if self.parallel == "fsdp":  # AdamW moments of a parameter are sharded like it
+            opt_tensors = {k: distributed.like(v, params[int(k.partition(".")[0])]) if v.dim() else v
+                           for k, v in opt_tensors.items()}
         optimizer_from_tensors(self.optimizer, opt_tensors, info["optimizer"])
         if self.ema is not None:
             self.ema.load_state_tensors(ema)
@@ -380,9 +390,13 @@ class Trainer:
     def _setup_data_parallel(self) -> None:
         """FSDP2 shards full fine-tuning of sd3/flux before the optimizer sees the weights; DDP/none otherwise."""
         p = self.params.model
-        if distributed.uses_fsdp(p.finetune, p.kind):
+        self.parallel = distributed.parallel_mode(self.params.train.data_parallel, p.finetune, p.kind)
+        if self.parallel == "fsdp":
+            if self.params.train.ema_decay:
+                raise distributed.DistributedError("FSDP2 shards the weights: train.ema_decay needs "
+                                                   "train.data_parallel=ddp (or 0)")
             distributed.fully_shard_transformer(self.policy.transformer)
-        self.grad_sync = distributed.grad_sync_for(self.policy, p.finetune, p.kind)
+        self.grad_sync = distributed.grad_sync_for(self.policy, self.parallel)
 
     def _shard_samples(self, plan: RoundPlan, prompt_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(global ids of this rank's samples, rank of every sample): whole groups, balanced by denoiser calls."""

@@ -25,14 +25,15 @@ def make_dist_project(tiny_base, tmp_path):
 
 @pytest.fixture(scope="session")
 def one_rank_reference(tiny_base, tmp_path_factory):
-    """reference(strategy) → the project of a finished 3-round one-process run (run once per session)."""
-    done: dict[str, Path] = {}
+    """reference(strategy, *overrides) → the project of a finished 3-round one-process run (once per session)."""
+    done: dict[tuple[str, ...], Path] = {}
 
-    def reference(strategy: str = "aegpo") -> Path:
-        if strategy not in done:
+    def reference(strategy: str = "aegpo", *overrides: str) -> Path:
+        key = (strategy, *overrides)
+        if key not in done:
             proj = write_project(tmp_path_factory.mktemp(f"ref-{strategy}"), tiny_base, strategy)
-            run_ok(train_cmd(), proj)
-            done[strategy] = proj
-        return done[strategy]
+            run_ok(train_cmd(*[a for o in overrides for a in ("-S", o)]), proj)
+            done[key] = proj
+        return done[key]
 
     return reference

@@ -8,6 +8,7 @@ mid-round resumes to the same weights; 2 nodes × 1 process meet through a c10d 
 from __future__ import annotations
 
 import pytest
+from safetensors.torch import load_file
 
 from aegpo.local_server import free_port
 from dist_helpers import (assert_records_agree, kill_all, max_abs_diff, records, run_ok, start, state_round,
@@ -27,6 +28,25 @@ def test_two_ranks_train_what_one_process_trains(strategy, one_rank_reference, m
     assert_records_agree(records(proj), records(ref))
     if strategy == "aegpo":  # unequal groups, so the ranks held different numbers of samples
         assert any(len(set(r["plan"]["group_sizes"])) > 1 for r in records(proj))
+
+
+@pytest.mark.slow
+def test_fsdp2_full_fine_tuning_on_two_ranks_trains_what_one_process_trains(one_rank_reference, make_dist_project):
+    """train.data_parallel=fsdp (FSDP2 fully_shard per block; sharded weights and AdamW state, gathered to save):
+    the same weights, optimizer state and checkpoint, also after resuming the sharded run."""
+    ref = one_rank_reference("aegpo", "model.finetune=full")
+    proj = make_dist_project()
+    sets = ["-S", "model.finetune=full", "-S", "train.data_parallel=fsdp"]
+    run_ok(torchrun_cmd(2, *sets, "-S", "train.rounds=2"), proj)
+    run_ok(torchrun_cmd(2, *sets), proj)  # resumes the sharded state at round 2
+    assert state_round(proj) == 3
+    assert len(trainable(proj)) > 60  # every denoiser weight, not adapters
+    assert max_abs_diff(trainable(proj), trainable(ref)) <= TOL
+    for name in ("optimizer.safetensors",):
+        assert max_abs_diff(load_file(proj / "runs/train/state" / name), load_file(ref / "runs/train/state" / name)) <= TOL
+    assert max_abs_diff(load_file(proj / "runs/train/checkpoint/denoiser.safetensors"),
+                        load_file(ref / "runs/train/checkpoint/denoiser.safetensors")) <= TOL
+    assert_records_agree(records(proj), records(ref))
 
 
 @pytest.mark.slow
