@@ -123,7 +123,8 @@ def policy_update(
             local = local_of[samples]
             member = torch.isin(rollout.trans_sample, local[local >= 0])
             trans = torch.nonzero(member).squeeze(1)
-            chunks: list[torch.Tensor | None] = list(torch.split(trans, cfg.micro_batch))
+            # (torch.split of an empty tensor gives one empty chunk: a rank with nothing here has no chunk)
+            chunks: list[torch.Tensor | None] = list(torch.split(trans, cfg.micro_batch)) if len(trans) else []
             if shard is None:
                 n_global, steps = len(trans), len(chunks)
             else:  # every rank derives every rank's micro-batch count: all run the same number of backwards

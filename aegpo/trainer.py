@@ -71,7 +71,7 @@ def compute_advantages(scored: RewardResult, groups: torch.Tensor, params: Param
         total += weight * group_advantages(part, groups, t.std_floor, t.adv_clip_max)
     return total.clamp(-t.adv_clip_max, t.adv_clip_max)
 RESUME_MAY_CHANGE = ("train.rounds", "train.eval_every", "train.save_every", "eval.", "train.nproc",
-                     "train.dist_timeout")
+                     "train.dist_timeout", "train.data_parallel")  # = round_io.RESUMABLE_PREFIXES
 
 
 resolve_device = distributed.resolve_device

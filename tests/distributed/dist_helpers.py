@@ -22,15 +22,16 @@ EVAL_PROMPTS = ["a blue circle", "two red triangles"]
 
 
 def params_text(strategy: str = "aegpo", rounds: int = 3, **train: object) -> str:
-    """A tiny run: 4 prompts per round (groups of 2 and 4 under aegpo), 4 sampler steps, JPEG-size reward."""
-    extra = "".join(f", {k}: {v}" for k, v in train.items())
+    """A tiny run: 4 prompts per round (groups of 2 and 4 under aegpo), 4 sampler steps, JPEG-size reward,
+    4 minibatches per round (so that a rank sometimes has no sample in one and pads); `train` overrides."""
+    t = {"prompts": "data/train.txt", "strategy": strategy, "rounds": rounds, "prompts_per_round": 4, "group_size": 3,
+         "eval_every": 0, "eval_base": "false", "out_dir": "runs/train", "micro_batch": 4, "optimizer_steps": 4, **train}
     return "\n".join([
         "seed: 0",
         "model: {checkpoint: base, lora: {rank: 4}, threads: 1}",
         "reward: {name: jpeg_incompressibility, weights: {jpeg_incompressibility: 1.0}}",
         "sampler: {num_steps: 4}",
-        f"train: {{prompts: data/train.txt, strategy: {strategy}, rounds: {rounds}, prompts_per_round: 4, "
-        f"group_size: 3, eval_every: 0, eval_base: false, out_dir: runs/train, micro_batch: 4{extra}}}",
+        "train: {" + ", ".join(f"{k}: {v}" for k, v in t.items()) + "}",
         "entropy: {layers: [0]}",
         "eval: {prompts: data/eval.txt, num_steps: 3, samples_per_prompt: 2}",
         "aegpo: {peaks_k: 2, high_group: 4, low_group: 2, floor: 2, ceiling: 4}",
