@@ -4,7 +4,7 @@
     aegpo train     [--params params.yaml] [-S key.sub=value ...]
     aegpo sample    --checkpoint DIR --prompt TEXT --out FILE.png
     aegpo evaluate  [--checkpoint DIR] [--prompts FILE] --out FILE.json
-    aegpo score     --reward shapes --images DIR --prompts FILE --out FILE.json
+    aegpo score     [--reward NAME] --images DIR --prompts FILE --out FILE.json
     aegpo pipeline  profile | train | evaluate | doctor   (Prefect flows, see docs/pipeline.md)
 
 `-S` overrides use the grammar of `dvc exp run -S` (the value is YAML).
@@ -87,6 +87,7 @@ def _without_launch_options(argv: list[str]) -> list[str]:
 
 def cmd_train(args) -> int:
     from aegpo import distributed
+    from aegpo.eval_metrics import before_after_lines
     from aegpo.prompt_files import read_prompt_file
     from aegpo.trainer import Trainer
 
@@ -102,11 +103,10 @@ def cmd_train(args) -> int:
         distributed.teardown()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports for the run
-    before, after = result["base_eval"], result["history"][-1].get("eval") if result["history"] else None
+    after = next((h["eval"] for h in reversed(result["history"]) if h.get("eval")), None)
     print(f"\ntrained {result['rounds']} rounds ({params.train.strategy}), {result['nfe']} denoiser evaluations")
-    if before and after:
-        print(f"eval strict accuracy: {before['strict']:.3f} (base) -> {after['strict']:.3f} (trained)")
-        print(f"eval dense accuracy:  {before['dense']:.3f} (base) -> {after['dense']:.3f} (trained)")
+    for line in before_after_lines(result["base_eval"], after):
+        print(line)
     print(f"checkpoint: {result['checkpoint']}\nround logs: {Path(params.train.out_dir) / 'rounds'}")
     return 0
 
@@ -142,14 +142,15 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from aegpo.config import load_params
+    from aegpo.eval_metrics import eval_summary
     from aegpo.evaluate import evaluate
     from aegpo.io_utils import atomic_write_json
     from aegpo.prompt_files import read_prompt_file
-    from aegpo.rewards.registry import build_reward
+    from aegpo.rewards.registry import reward_from_params
 
     params = load_params(args.params if Path(args.params).is_file() else None, args.set)
     e = params.eval
-    reward = build_reward(params.reward.name, params.reward.weights, params.reward.models)
+    reward = reward_from_params(params)
     prompts = read_prompt_file(args.prompts or e.prompts, reward.validate_prompt)
     policy = _load(args.checkpoint or params.model.checkpoint, params.model.guidance_scale)
     result = evaluate(policy, prompts, reward, num_steps=e.num_steps, samples_per_prompt=e.samples_per_prompt,
@@ -157,8 +158,7 @@ def cmd_evaluate(args) -> int:
     result.pop("images")
     result["checkpoint"] = str(args.checkpoint or params.model.checkpoint)
     atomic_write_json(args.out, result)
-    print(f"strict {result.get('strict', float('nan')):.3f}  dense {result.get('dense', float('nan')):.3f}  "
-          f"({len(prompts)} prompts) -> {args.out}")
+    print("  ".join(f"{k} {v:.3f}" for k, v in eval_summary(result).items()) + f"  ({len(prompts)} prompts) -> {args.out}")
     return 0
 
 
@@ -170,7 +170,11 @@ def cmd_score(args) -> int:
     from aegpo.prompt_files import read_prompt_file
     from aegpo.rewards.registry import build_reward
 
-    reward = build_reward(args.reward)
+    params = _params(args)
+    name = args.reward or params.reward.name
+    # a learned reward needs its `reward.models` options (path, ...) from params.yaml / -S
+    reward = build_reward(name, params.reward.weights if name == params.reward.name else None,
+                          {name: params.reward.models[name]} if name in params.reward.models else None)
     prompts = read_prompt_file(args.prompts, reward.validate_prompt)
     folder = Path(args.images)
     images = []
@@ -183,7 +187,7 @@ def cmd_score(args) -> int:
     result = reward(np.stack(images), prompts)
     rows = [{"image": f"{i:04d}.png", "prompt": p, "score": float(result.score[i]),
              **{k: float(v[i]) for k, v in result.parts.items()}} for i, p in enumerate(prompts)]
-    atomic_write_json(args.out, {"reward": args.reward, "rows": rows,
+    atomic_write_json(args.out, {"reward": name, "rows": rows,
                                  "mean_score": float(np.mean(result.score))})
     print(f"scored {len(rows)} images, mean score {np.mean(result.score):.3f} -> {args.out}")
     return 0
@@ -218,12 +222,13 @@ def cmd_bench_scaling(args) -> int:
     params_path = args.params if Path(args.params).is_file() or args.params != "params.yaml" else None
     summary = run_scaling(params_path, args.set, args.out, ranks, args.rounds)
     print((Path(args.out) / "table.md").read_text())
+    print(f"machine: {summary['machine']}")
     print(f"results: {args.out}/(summary.json, table.md)")
     return 0
 
 
 # ----- pipeline: the Prefect flows of flows/ (needs the [pipeline] extra) -----------------------------
-PIPELINE_ERRORS = ("StorageError", "TrackingError", "RunInUseError", "DistributedError")
+PIPELINE_ERRORS = ("StorageError", "TrackingError", "RunInUseError", "RoundsRejectedError", "DistributedError")
 
 
 def _pipeline_prepare(args):
@@ -252,11 +257,11 @@ def cmd_pipeline_train(args) -> int:
     s = train_flow(args.params, args.set, args.project_dir, run_dir=args.run_dir, base_profile=args.base_profile,
                    export_dir=args.export, reports_dir=args.reports, experiment=args.experiment,
                    media_every=args.media_every, nproc=args.nproc)
+    from aegpo.eval_metrics import before_after_lines
+
     print(f"\ntrained {s['rounds']} rounds ({s['strategy']}), {s['nfe']} denoiser evaluations; run {s['run_dir']}")
-    before, after = s.get("base_eval"), s.get("final_eval")
-    if before and after:
-        print(f"eval strict accuracy: {before['strict']:.3f} (base) -> {after['strict']:.3f} (trained)")
-        print(f"eval dense accuracy:  {before['dense']:.3f} (base) -> {after['dense']:.3f} (trained)")
+    for line in before_after_lines(s.get("base_eval"), s.get("final_eval")):
+        print(line)
     print(f"checkpoint: {s['checkpoint']}\nMLflow run: {s['mlflow_run_id']}")
     return 0
 
@@ -267,9 +272,9 @@ def cmd_pipeline_evaluate(args) -> int:
     prepare_eval(args.checkpoint, args.params, args.set, args.project_dir)
     r = evaluate_flow(args.checkpoint, args.params, args.set, args.project_dir, out=args.out, label=args.label,
                       reuse=not args.no_reuse)
-    m = r["summary"]
-    print(f"{args.label}: strict {m.get('strict', float('nan')):.3f}  dense {m.get('dense', float('nan')):.3f}"
-          + (f"  (base strict {m['base_strict']:.3f})" if m.get("base_strict") is not None else "")
+    m, base = r["metrics"], r.get("base_metrics") or {}
+    print(f"{args.label}: " + "  ".join(f"{k} {v:.3f}" for k, v in m.items())
+          + ("  (base: " + "  ".join(f"{k} {v:.3f}" for k, v in base.items()) + ")" if base else "")
           + (f" -> {args.out}" if args.out else ""))
     return 0
 
@@ -380,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="score PNG files 0000.png, 0001.png, ... against a prompt file")
-    p.add_argument("--reward", default="shapes")
+    _add_params(p)
+    p.add_argument("--reward", default=None, help="reward name (default: reward.name; options from reward.models)")
     p.add_argument("--images", required=True)
     p.add_argument("--prompts", required=True)
     p.add_argument("--out", required=True)
@@ -424,12 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     from aegpo.checkpoint import CheckpointError
     from aegpo.config import ParamsError
     from aegpo.distributed import DistributedError
+    from aegpo.guard import RoundsRejectedError
     from aegpo.prompt_files import PromptFileError
 
     try:
         return args.func(args)
     except (ParamsError, PromptFileError, CheckpointError, FileNotFoundError, KeyError, ValueError,
-            DistributedError) as err:
+            RoundsRejectedError, DistributedError) as err:
         if args.verbose:
             raise
         print(f"aegpo {args.command}: error: {err}", file=sys.stderr)

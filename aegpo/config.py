@@ -106,6 +106,9 @@ class TrainParams(Section):
     eval_base: bool = Field(True, description="Evaluate the base policy before round 0 (the 'before' of before/after).")
     out_dir: str = Field("runs/train", description="Run folder: checkpoints, round logs, rollouts.")
     save_every: int = Field(1, ge=1, description="Write the resumable state every this many rounds (and at the end).")
+    max_rejected_rounds: int = Field(
+        3, ge=1, description="Stop the run after this many rounds in a row were rejected for a NaN/inf reward, "
+        "advantage, loss, gradient or weight (a rejected round trains nothing and writes no state).")
     nproc: int | Literal["auto"] = Field(
         1, description="Processes (ranks) of one run on each node, launched by torchrun (aegpo.distributed): the "
         "round's prompt groups are split across them and gradients summed; auto = the visible GPUs (1 on CPU). "

@@ -282,11 +282,11 @@ class GradSync:
         self.loss_scale = float(self.world)
         self._ddp = None
         if mode == "ddp":
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             # Ranks start from identical weights (same checkpoint, seeded LoRA init): no initial broadcast of the
             # frozen base (gigabytes for FLUX); buffers are not trained.
             import inspect
+
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
             no_buffers = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                           else {"broadcast_buffers": False})

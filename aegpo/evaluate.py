@@ -29,9 +29,10 @@ def evaluate(
     batch_size: int = 100,
     progress: bool = False,
 ) -> dict:
-    """Returns {'strict', 'dense', 'reward', 'rows': [...], 'images': uint8 (N, H, W, 3), 'nfe'}.
+    """Returns {<part>: mean, ..., 'reward', 'metrics', 'rows': [...], 'images': uint8 (N, H, W, 3), 'nfe'}.
 
-    `strict`/`dense` are the means of the reward parts of those names when the reward has them.
+    Every reward part's mean is a key (the shapes reward: `strict`, `dense`, `soft`); `metrics` lists the
+    ones the reward reports, headline first (`Reward.metrics`), for reports that know no reward.
     """
     k = samples_per_prompt
     prompt_index = torch.arange(len(prompts)).repeat_interleave(k)
@@ -59,6 +60,7 @@ def evaluate(
     return {
         **summary,
         "reward": float(np.mean(result.score)),
+        "metrics": list(reward.metrics),
         "num_prompts": len(prompts),
         "samples_per_prompt": k,
         "num_steps": num_steps,
@@ -67,3 +69,4 @@ def evaluate(
         "rows": rows,
         "images": out["images"],
     }
+

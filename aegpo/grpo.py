@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aegpo.guard import NonFiniteRound, require_finite
 from aegpo.models.base import Conditioning, FlowPolicy
 from aegpo.rollout import Rollout
 from aegpo.samplers import kl_to_reference, mean_and_std, step
@@ -101,7 +102,8 @@ def policy_update(
     Samples are shuffled and split into `optimizer_steps` minibatches; each minibatch's
     transitions go through forward/backward in chunks of `micro_batch` (gradient accumulation)
     and end in one clipped optimizer step. With `shard`, `rollout` holds this rank's samples
-    only and gradients are summed over ranks before the step (see UpdateShard).
+    only and gradients are summed over ranks before the step (see UpdateShard). A NaN/inf loss or gradient
+    norm raises `aegpo.guard.NonFiniteRound` before the optimizer steps on it (on every rank alike).
     """
     device = policy.device
     params = policy.trainable_parameters()
@@ -136,6 +138,7 @@ def policy_update(
                 continue
             chunks += [None] * (steps - len(chunks))
             optimizer.zero_grad(set_to_none=True)
+            bad_loss = False
             for i, chunk in enumerate(chunks):
                 sync = contextlib.nullcontext() if shard is None else shard.sync.accumulate(last=i == steps - 1)
                 with sync:
@@ -159,6 +162,12 @@ def policy_update(
                         ref_mean, _ = mean_and_std(cfg.sde, x_t, v_ref, sig, sig_next, a, sigma_max)
                         kl = kl_to_reference(out.mean, ref_mean, out.std)
                         loss = per + cfg.kl_beta * kl
+                    if shard is None:
+                        require_finite("loss", loss)
+                    elif not bool(torch.isfinite(loss).all()):  # raised below on every rank together
+                        bad_loss = True
+                        _zero_backward(policy, velocity, cond, sigmas)  # keeps the ranks' reductions in step
+                        continue
                     # normalised by the minibatch's transitions on all ranks; × world size undoes DDP's average
                     (loss.sum() * (loss_scale / n_global)).backward()
                 with torch.no_grad():  # sums over transitions: means per transition, whatever the chunking
@@ -172,6 +181,12 @@ def policy_update(
                     sums["ratio_mean"] += float(ratio.sum())
                     counted += len(chunk)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if shard is not None:  # a NaN/inf loss on any rank rejects the round on all of them
+                from aegpo import distributed
+
+                if distributed.all_reduce_(torch.tensor([float(bad_loss)]), "max")[0] > 0:
+                    raise NonFiniteRound("loss: NaN/inf on some rank")
+            require_finite("gradient norm", grad_norm)  # before the step: AdamW's moments must stay finite
             grad_norms.append(float(grad_norm))
             optimizer.step()
     if shard is not None:

@@ -5,7 +5,8 @@ Files (all rewritten whole and atomically, from `<run>/rounds/round-NNNN.json` a
 
     rewards.csv        round, reward_mean, reward_std, reward_<part>..., loss, kl, clip_frac,
                        grad_norm, nfe                                   (one row per round)
-    eval_curve.csv     rounds_done, strict, dense, reward               (0 = the base policy)
+    eval_curve.csv     rounds_done, <the reward's metrics>              (0 = the base policy; shapes:
+                       strict, dense, reward)
     entropy_alloc.csv  round, prompt_id, delta_entropy, group_size, reward_mean
                        (one row per prompt and round that measured ΔEntropy; header only for
                        strategies without it, e.g. grpo)
@@ -20,11 +21,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.io_utils import atomic_write_json, atomic_write_text
 
 REWARD_COLUMNS = ("round", "reward_mean", "reward_std")
 POLICY_COLUMNS = ("loss", "kl", "clip_frac", "grad_norm", "nfe")
-EVAL_COLUMNS = ("rounds_done", "strict", "dense", "reward")
 ALLOC_COLUMNS = ("round", "prompt_id", "delta_entropy", "group_size", "reward_mean")
 
 
@@ -48,7 +49,7 @@ def _csv(header: list[str], rows: list[dict[str, Any]]) -> str:
 
 
 def _eval_point(rounds_done: int, ev: dict[str, Any]) -> dict[str, Any]:
-    return {"rounds_done": rounds_done, **{k: ev.get(k) for k in EVAL_COLUMNS[1:]}}
+    return {"rounds_done": rounds_done, **ev}
 
 
 def allocation_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -77,7 +78,8 @@ def write_reports(run_dir: str | Path, reports_dir: str | Path, strategy: str = 
     atomic_write_text(out / "rewards.csv", _csv(reward_header, records))
     curve = [_eval_point(0, base_eval)] if base_eval else []
     curve += [_eval_point(r["round"] + 1, r["eval"]) for r in records if r.get("eval")]
-    atomic_write_text(out / "eval_curve.csv", _csv(list(EVAL_COLUMNS), curve))
+    names = metric_names(next((r["eval"] for r in reversed(records) if r.get("eval")), None) or base_eval or {})
+    atomic_write_text(out / "eval_curve.csv", _csv(["rounds_done", *names], curve))
     alloc = [row for r in records for row in allocation_rows(r)]
     atomic_write_text(out / "entropy_alloc.csv", _csv(list(ALLOC_COLUMNS), alloc))
     last_eval = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
@@ -91,4 +93,4 @@ def write_reports(run_dir: str | Path, reports_dir: str | Path, strategy: str = 
 
 
 def _summary(ev: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if ev is None else {k: ev[k] for k in ("strict", "dense", "reward", "nfe") if k in ev}
+    return eval_summary(ev, ("nfe",))

@@ -26,14 +26,16 @@ from aegpo.checkpoint import save_trained
 from aegpo.config import Params, flatten
 from aegpo.ema import EMA
 from aegpo.entropy.recorder import EntropyRecorder
+from aegpo.eval_metrics import metric_names
 from aegpo.evaluate import evaluate
 from aegpo.grpo import UpdateConfig, UpdateShard, group_advantages, policy_update
+from aegpo.guard import NonFiniteRound, RoundSnapshot, RoundsRejectedError, require_finite
 from aegpo.io_utils import atomic_write_json
 from aegpo.models.base import LoraSpec
 from aegpo.models.registry import load_base_policy
 from aegpo.profile import EntropyProfile, ProbeSpec, load_or_compute_base_profile, probe
 from aegpo.rewards.base import RewardResult
-from aegpo.rewards.registry import build_reward
+from aegpo.rewards.registry import reward_from_params
 from aegpo.rollout import Rollout, StepPlan, derive_seed, generate, sample_seeds
 from aegpo.tables import PROFILE_SCHEMA, read_table
 from aegpo.strategies.base import RoundContext, RoundPlan, expand_groups
@@ -55,6 +57,7 @@ class RoundWork:
     advantages: torch.Tensor | None = None  # (N,)
     stats: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    rejected: str | None = None  # why the round was rejected (a NaN/inf value), None while it is sound
     # data-parallel runs: (global ids of this rank's samples (n,), rank of every sample (N,)); None on one rank
     shard: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -70,8 +73,22 @@ def compute_advantages(scored: RewardResult, groups: torch.Tensor, params: Param
         part = torch.from_numpy(np.asarray(scored.parts[name], dtype=np.float64))
         total += weight * group_advantages(part, groups, t.std_floor, t.adv_clip_max)
     return total.clamp(-t.adv_clip_max, t.adv_clip_max)
-RESUME_MAY_CHANGE = ("train.rounds", "train.eval_every", "train.save_every", "eval.", "train.nproc",
-                     "train.dist_timeout", "train.data_parallel")  # = round_io.RESUMABLE_PREFIXES
+def _check_scores(work: RoundWork) -> None:
+    """Mark the round rejected when a reward, a reward part or an advantage is NaN/inf."""
+    if work.rejected is not None or work.scored is None:
+        return
+    try:
+        require_finite("reward", work.scored.score)
+        for name, part in work.scored.parts.items():
+            require_finite(f"reward part {name}", part)
+        if work.advantages is not None:
+            require_finite("advantages", work.advantages)
+    except NonFiniteRound as err:
+        work.rejected = err.reason
+
+
+RESUME_MAY_CHANGE = ("train.rounds", "train.eval_every", "train.save_every", "train.max_rejected_rounds", "eval.",
+                     "train.nproc", "train.dist_timeout", "train.data_parallel")  # = round_io.RESUMABLE_PREFIXES
 
 
 resolve_device = distributed.resolve_device
@@ -94,7 +111,7 @@ class Trainer:
                 "at least one whole prompt group; lower train.nproc or raise train.prompts_per_round")
         if params.model.threads:
             torch.set_num_threads(params.model.threads)
-        self.reward = build_reward(params.reward.name, params.reward.weights, params.reward.models, self.project_dir)
+        self.reward = reward_from_params(params, self.project_dir)
         for p in train_prompts + (eval_prompts or []):
             self.reward.validate_prompt(p)
         self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
@@ -121,6 +138,8 @@ class Trainer:
         self.ema = EMA(list(self.named_trainable.values()), params.train.ema_decay) if params.train.ema_decay else None
         self.callbacks: list[RoundCallback] = []
         self.round, self.nfe, self.history = 0, 0, []
+        self.rejected_streak = 0  # consecutive rejected rounds (a NaN/inf reward, advantage, loss, gradient, weight)
+        self._unsaved = False  # an accepted round's update is not in the saved state yet (save_every > 1)
         self.base_eval: dict[str, Any] | None = None
         self._resume()
 
@@ -134,7 +153,8 @@ class Trainer:
         while self.round < self.params.train.rounds:
             record = self.run_round()
             bar.update(1)
-            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", nfe=self.nfe)
+            bar.set_postfix(reward="rejected" if record.get("rejected") else f"{record['reward_mean']:.3f}",
+                            nfe=self.nfe)
         bar.close()
         return {"rounds": self.round, "nfe": self.nfe, "history": self.history, "base_eval": self.base_eval,
                 "checkpoint": str(self.out_dir / "checkpoint")}
@@ -180,18 +200,38 @@ class Trainer:
         return work.rollout
 
     def score(self, work: RoundWork) -> RewardResult:
+        """Rewards and group advantages; a NaN/inf among them marks the round rejected (`work.rejected`)."""
         t0 = time.perf_counter()
         ro = work.rollout
         work.scored = self.reward(ro.images, [work.ctx.prompts[i] for i in ro.prompt_index])
         work.advantages = compute_advantages(work.scored, ro.prompt_index, self.params)
+        _check_scores(work)
+        if work.shard is not None:  # each rank checked its own groups: one NaN rejects the round everywhere
+            work.rejected = self._agree_rejected(work.rejected)
         work.times["score"] = time.perf_counter() - t0
         return work.scored
 
     def optimize(self, work: RoundWork) -> dict[str, float]:
+        """The policy update. On a NaN/inf loss, gradient or updated weight, the weights and optimizer state
+        go back to the round's start and the round is marked rejected; a rejected round is not updated."""
+        _check_scores(work)  # again: the pipeline rebuilds `work` from the stored scores
+        if work.rejected is not None:
+            return work.stats
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(derive_seed(self.params.seed, "update", work.ctx.round))
-        work.stats = policy_update(self.policy, self.optimizer, work.rollout, work.advantages, self._cond,
-                                   self._update_cfg(), gen, self._update_shard(work))
+        full = self.params.model.finetune == "full"  # a full copy of a large model belongs in host memory
+        snapshot = RoundSnapshot(self.named_trainable, self.optimizer, "cpu" if full else None)
+        try:
+            work.stats = policy_update(self.policy, self.optimizer, work.rollout, work.advantages, self._cond,
+                                       self._update_cfg(), gen, self._update_shard(work))
+            snapshot.check_weights()
+        except NonFiniteRound as err:
+            work.rejected = err.reason
+        if work.shard is not None:  # FSDP2 checks its own weight shard: every rank rejects if one does
+            work.rejected = self._agree_rejected(work.rejected)
+        if work.rejected is not None:
+            snapshot.restore()
+            return work.stats
         if self.ema is not None:
             self.ema.update()
         work.times["optimize"] = time.perf_counter() - t0
@@ -203,6 +243,9 @@ class Trainer:
         `evaluation`: the result of `evaluate()` on the updated policy when the caller (the
         pipeline's evaluation task) already ran it; its time is `work.times["eval"]`.
         """
+        if work.rejected is not None:
+            return self._reject(work)
+        self.rejected_streak = 0
         ro, scored, advantages = self._round_view(work)
         # every pass over the trained transitions is a forward of the denoiser (inner_epochs passes)
         update_calls = int(work.stats.get("trained_transitions", 0)) * self.params.train.inner_epochs
@@ -217,6 +260,39 @@ class Trainer:
             record["eval"] = self.evaluate()
             record["seconds_eval"] = time.perf_counter() - t0
         self._finish_round(record)
+        return record
+
+    def _reject(self, work: RoundWork) -> dict[str, Any]:
+        """A rejected round: its compute counts (NFE), nothing is trained, saved or passed to callbacks; the
+        reason goes to the log and `rounds/rejected-NNNN.json`. Too many in a row stop the run."""
+        rollout_nfe, scores = work.rollout.nfe, None if work.scored is None else np.asarray(work.scored.score)
+        if work.shard is not None:  # every rank's part (all ranks reject the same rounds)
+            rollout_nfe = sum(distributed.all_gather_objects(rollout_nfe))
+            parts = distributed.all_gather_objects(scores)
+            scores = None if any(p is None for p in parts) else np.concatenate(parts)
+        self.nfe += rollout_nfe + work.plan.probe_nfe
+        self.rejected_streak += 1
+        r, limit = work.ctx.round, self.params.train.max_rejected_rounds
+        record = {"round": r, "rejected": work.rejected, "nfe": self.nfe, "streak": self.rejected_streak,
+                  "reward_mean": float(np.nanmean(scores)) if scores is not None and np.isfinite(scores).any()
+                  else None,
+                  "prompts": work.ctx.prompts}
+        with distributed.main_writes("rejected round") as mine:
+            if mine:
+                atomic_write_json(self.out_dir / "rounds" / f"rejected-{r:04d}.json", record)
+        log.warning("round %d rejected (%s): weights and optimizer state kept from its start; %d of %d allowed "
+                    "rejected rounds in a row", r, work.rejected, self.rejected_streak, limit)
+        self.round = r + 1
+        stopping = self.rejected_streak >= limit
+        if self._unsaved and (stopping or self.round == self.params.train.rounds):
+            self.save()  # the sound updates since the last save (the weights are the round's start, all finite)
+        if stopping:
+            saved = self.out_dir / "checkpoint"
+            raise RoundsRejectedError(
+                f"{self.rejected_streak} rounds in a row (up to round {r}) had NaN/inf values, the last one: "
+                f"{work.rejected}. Training stopped (train.max_rejected_rounds = {limit}); the last good "
+                f"checkpoint is {saved if saved.is_dir() else 'not written yet'}, and resuming restarts after "
+                f"its round. Check the reward (reward.name, its dtype) and train.optim.lr.")
         return record
 
     # ----- hooks for the pipeline (flows/): stages run as separate tasks ------------------------
@@ -332,15 +408,17 @@ class Trainer:
                 for cb in self.callbacks:
                     cb(record)
         t = self.params.train
+        self._unsaved = True
         if self.round % t.save_every == 0 or self.round == t.rounds:
             self.save()
-        ev = record.get("eval", {})
+        ev = record.get("eval") or {}
         log.info("round %d: reward %.3f nfe %d%s", record["round"], record["reward_mean"], self.nfe,
-                 f" eval strict {ev['strict']:.3f}" if "strict" in ev else "")
+                 "".join(f" eval {k} {ev[k]:.3f}" for k in metric_names(ev)) if ev else "")
 
     # ----- persistence -----------------------------------------------------------------------
     def save(self) -> None:
         """Resumable state, then the final-form checkpoint (EMA weights when EMA is on)."""
+        self._unsaved = False
         info = {"round": self.round, "nfe": self.nfe, "strategy": self.strategy.state_dict(),
                 "params": _json_params(self.params), "world_size": self.world}
         trainable, optimizer, policy = self.named_trainable, self.optimizer, self.policy
@@ -430,7 +508,9 @@ class Trainer:
         parts = distributed.all_gather_objects(mine)
         ids = torch.cat([p["ids"] for p in parts])
         order = torch.argsort(ids)
-        ordered = lambda xs: xs[order.numpy()] if isinstance(xs, np.ndarray) else xs[order]  # noqa: E731
+
+        def ordered(xs):
+            return xs[order.numpy()] if isinstance(xs, np.ndarray) else xs[order]
         score = ordered(np.concatenate([p["score"] for p in parts]))
         part_arrays = {k: ordered(np.concatenate([p["parts"][k] for p in parts])) for k in mine["parts"]}
         ent = None if mine["entropy"] is None else ordered(torch.cat([p["entropy"] for p in parts]))
@@ -446,6 +526,10 @@ class Trainer:
                        nfe=sum(p["nfe"] for p in parts), entropy_layers=ent,
                        extra={"ranks": self.world, "sde": s.sde})
         return full, RewardResult(score=score, parts=part_arrays), ordered(torch.cat([p["adv"] for p in parts]))
+
+    def _agree_rejected(self, reason: str | None) -> str | None:
+        """The first rank's rejection reason, on every rank (None when no rank rejects the round)."""
+        return next((r for r in distributed.all_gather_objects(reason) if r is not None), None)
 
     def _read_state(self, state_dir: Path):
         """(trainable, optimizer tensors, EMA, info, base eval, round records) read by rank 0 and sent to all."""

@@ -127,8 +127,9 @@ def _reusable_eval(spec: EvalSpec, params: Params, meta: dict[str, Any], storage
 def evaluate_checkpoint(spec: EvalSpec, label: str, reuse: bool = True) -> dict[str, Any]:
     """Evaluate the checkpoint; store rows and images; log an MLflow (child) run."""
     from aegpo.checkpoint import load_policy
+    from aegpo.eval_metrics import eval_summary
     from aegpo.evaluate import evaluate
-    from aegpo.rewards.registry import build_reward
+    from aegpo.rewards.registry import reward_from_params
     from aegpo.trainer import resolve_device
 
     params = spec.params()
@@ -145,7 +146,7 @@ def evaluate_checkpoint(spec: EvalSpec, label: str, reuse: bool = True) -> dict[
         policy = load_policy(folder, guidance_scale=params.model.guidance_scale).to(resolve_device(params.model.device))
         e = params.eval
         result = evaluate(policy.eval(), read_prompts(params, spec.project, "eval"),
-                          build_reward(params.reward.name, params.reward.weights), num_steps=e.num_steps,
+                          reward_from_params(params, spec.project), num_steps=e.num_steps,
                           samples_per_prompt=e.samples_per_prompt, seed=e.seed, shift=params.sampler.shift,
                           batch_size=e.batch_size)
         images = result.pop("images")
@@ -155,7 +156,7 @@ def evaluate_checkpoint(spec: EvalSpec, label: str, reuse: bool = True) -> dict[
     parent = tracker.find_run({"aegpo.run_dir": run_dir, "aegpo.kind": "training"}) if run_dir else None
     child = tracker.log_evaluation(parent, label, int(meta.get("round", 0)), result, images,
                                    {"aegpo.checkpoint": str(spec.checkpoint), "aegpo.reused": str(reused is not None)})
-    metrics = {k: result[k] for k in ("strict", "dense", "reward") if k in result}
+    metrics = eval_summary(result)
     run_logger().info("%s: %s", label, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return {"label": label, "metrics": metrics, "eval_nfe": result["nfe"], "train_nfe": meta.get("nfe"),
             "train_rounds": meta.get("round"), "run_dir": run_dir, "mlflow_run_id": child, "parent_run_id": parent,
@@ -176,15 +177,16 @@ def evaluate_flow(checkpoint: str | None = None, params_path: str | None = "para
     result = evaluate_checkpoint(spec, label, reuse)
     metrics = {**result["metrics"], "nfe": result["train_nfe"] or 0, "eval_nfe": result["eval_nfe"],
                "rounds": result["train_rounds"] or 0}
-    base = _base_eval(spec, result.get("run_dir"))
-    if base:
-        metrics["base_strict"], metrics["base_dense"] = base.get("strict"), base.get("dense")
+    from aegpo.eval_metrics import eval_summary
+
+    base = eval_summary(_base_eval(spec, result.get("run_dir"))) or {}
+    metrics.update({f"base_{k}": v for k, v in base.items()})
     if out:
         atomic_write_json(resolve(spec.project, out), metrics)
     publish_markdown("aegpo-evaluation", "\n".join([
         f"### Evaluation `{label}` of `{spec.checkpoint}`", "", "| metric | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in metrics.items()]]), f"Evaluation {label}")
-    return {**result, "summary": metrics}
+    return {**result, "summary": metrics, "base_metrics": base}
 
 
 def _base_eval(spec: EvalSpec, run_dir: str | None) -> dict[str, Any] | None:

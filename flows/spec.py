@@ -66,9 +66,9 @@ def resolve(project: Path, path: str) -> Path:
 
 def read_prompts(params: Params, project: Path, which: str = "train") -> list[str]:
     """The train or eval prompt set, each prompt validated by the reward (PromptFileError names the line)."""
-    from aegpo.rewards.registry import build_reward
+    from aegpo.rewards.registry import reward_from_params
 
-    reward = build_reward(params.reward.name, params.reward.weights)
+    reward = reward_from_params(params, project)
     path = params.train.prompts if which == "train" else params.eval.prompts
     return read_prompt_file(resolve(project, path), reward.validate_prompt)
 

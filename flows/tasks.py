@@ -27,6 +27,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.profile import ProbeSpec, cache_key
 from aegpo.storage import StorageError, open_storage
 from aegpo.tables import PROFILE_SCHEMA, from_parquet_bytes
@@ -173,7 +174,7 @@ def evaluate_policy(spec: RunSpec, label: str, rounds_done: int) -> dict[str, An
         tracker = Tracker(spec.tracking_uri, spec.experiment)
         tracker.log_evaluation(spec.mlflow_run_id, label, rounds_done, result, images,
                                {"aegpo.run_dir": spec.run_dir})
-    metrics = {k: result[k] for k in ("strict", "dense", "reward", "nfe") if k in result}
+    metrics = eval_summary(result, ("nfe",))
     return {"label": label, "rounds_done": rounds_done, "metrics": metrics, "seconds": seconds,
             **{k: v.as_dict() for k, v in objs.items()}}
 
@@ -243,8 +244,7 @@ def round_summary_markdown(spec: RunSpec, record: dict[str, Any]) -> str:
     if plan.get("group_sizes"):
         g = plan["group_sizes"]
         lines.append(f"| group sizes (min/max) | {min(g)} / {max(g)} |")
-    if "strict" in ev:
-        lines.append(f"| eval strict / dense | {ev['strict']:.3f} / {ev.get('dense', float('nan')):.3f} |")
+    lines += [f"| eval {k} | {ev[k]:.3f} |" for k in metric_names(ev)] if ev else []
     lines += ["", f"Run folder `{spec.run_dir}`; MLflow run `{spec.mlflow_run_id}`."]
     return "\n".join(lines)
 

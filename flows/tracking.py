@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from aegpo.eval_metrics import eval_summary
+
 log = logging.getLogger("aegpo.flows.tracking")
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -235,7 +237,7 @@ class Tracker:
             if parent_id:
                 tags["mlflow.parentRunId"] = parent_id
             child = self.client.create_run(self.experiment_id, run_name=f"eval-{label}", tags=tags).info.run_id
-        metrics = {k: float(result[k]) for k in ("strict", "dense", "reward", "nfe") if isinstance(result.get(k), (int, float))}
+        metrics = {k: float(v) for k, v in eval_summary(result, ("nfe",)).items()}
         self.log_metrics(child, metrics, step=rounds_done)
         rows = result.get("rows") or []
         if rows:

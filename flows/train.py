@@ -26,8 +26,9 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from aegpo.config import flatten
 from aegpo import distributed
+from aegpo.config import flatten
+from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.io_utils import atomic_directory
 from aegpo.reports import load_records, write_reports
 from aegpo.storage import open_storage
@@ -35,8 +36,18 @@ from aegpo.strategies.registry import strategy_class
 from flows._prefect import flow_run_id, publish_markdown, run_logger
 from flows.session import drop_session
 from flows.spec import RunSpec, artifact_location, prepare_run, resolve, run_tags
-from flows.tasks import (evaluate_policy, finish_round, generate_rollouts, profile_base_entropy, profile_key,
-                         publish_allocation, run_state, score_rewards, sync_run, update_policy)
+from flows.tasks import (
+    evaluate_policy,
+    finish_round,
+    generate_rollouts,
+    profile_base_entropy,
+    profile_key,
+    publish_allocation,
+    run_state,
+    score_rewards,
+    sync_run,
+    update_policy,
+)
 from flows.tracking import Tracker
 
 
@@ -58,7 +69,8 @@ def train_round(spec: RunSpec, round_idx: int) -> dict[str, Any]:
     result = finish_round(spec, round_idx, evaluation)
     sync_run(spec, round_idx)
     run_logger().info("round %d: reward %.4f, nfe %d%s", round_idx, scores["reward_mean"], result.get("nfe", 0),
-                      f", eval strict {evaluation['metrics'].get('strict', float('nan')):.3f}" if evaluation else "")
+                      "".join(f", eval {k} {v:.3f}" for k, v in list(evaluation["metrics"].items())[:2])
+                      if evaluation else "")
     return result
 
 
@@ -92,9 +104,7 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
                "base_eval": _short(base), "final_eval": _short(last_eval), "reports": metrics is not None}
     lines = [f"## {spec.run_name}", "", f"{rounds} rounds ({spec.strategy}), {nfe} denoiser evaluations.", ""]
     if base and last_eval:
-        lines.append(f"Eval strict accuracy: **{base.get('strict', float('nan')):.3f} → "
-                     f"{last_eval.get('strict', float('nan')):.3f}** (dense {base.get('dense', float('nan')):.3f} → "
-                     f"{last_eval.get('dense', float('nan')):.3f}).")
+        lines += [f"Eval {k}: **{base[k]:.3f} → {last_eval[k]:.3f}**." for k in metric_names(last_eval) if k in base]
     lines += ["", f"Checkpoint: `{checkpoint}`", f"MLflow run: `{spec.mlflow_run_id}` ({spec.tracking_uri})"]
     publish_markdown("aegpo-run-summary", "\n".join(lines), f"Summary of {spec.run_name}")
     if records:
@@ -169,7 +179,7 @@ def _push_run(spec: RunSpec, rounds: int) -> None:
 
 
 def _short(ev: dict[str, Any] | None) -> dict[str, float] | None:
-    return None if not ev else {k: ev[k] for k in ("strict", "dense", "reward") if k in ev}
+    return eval_summary(ev)
 
 
 def _train_run_name() -> str:

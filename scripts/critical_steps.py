@@ -22,7 +22,7 @@ from aegpo.config import load_params
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.models.registry import load_base_policy
 from aegpo.prompt_files import read_prompt_file
-from aegpo.rewards.registry import build_reward
+from aegpo.rewards.registry import reward_from_params
 from aegpo.rollout import StepPlan, generate, sample_seeds
 from aegpo.strategies.base import expand_groups
 
@@ -41,7 +41,7 @@ def main() -> None:
     overrides = list(args.overrides) + ([f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
     params = load_params(args.params, overrides)
     policy = load_base_policy(params.model)[0].eval()
-    reward = build_reward(params.reward.name, params.reward.weights)
+    reward = reward_from_params(params)
     prompts = read_prompt_file(params.train.prompts)[: args.prompts]
     s = params.sampler
     t_steps = s.num_steps

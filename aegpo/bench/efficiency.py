@@ -171,7 +171,7 @@ def plot(rows: list[dict[str, Any]], spec: BenchSpec, summary: dict[str, Any], p
 def run_efficiency(params: Params, spec: BenchSpec, out: str | Path) -> dict[str, Any]:
     from aegpo.checkpoint import load_policy
     from aegpo.evaluate import evaluate
-    from aegpo.rewards.registry import build_reward
+    from aegpo.rewards.registry import reward_from_params
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,7 @@ def run_efficiency(params: Params, spec: BenchSpec, out: str | Path) -> dict[str
     else:
         e = params.eval
         policy = load_policy(params.model.checkpoint, guidance_scale=params.model.guidance_scale).eval()
-        base_eval = evaluate(policy, eval_prompts, build_reward(params.reward.name, params.reward.weights),
+        base_eval = evaluate(policy, eval_prompts, reward_from_params(params),
                              num_steps=e.num_steps, samples_per_prompt=e.samples_per_prompt, seed=e.seed,
                              shift=params.sampler.shift, batch_size=e.batch_size)
         base_eval.pop("images")

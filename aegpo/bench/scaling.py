@@ -53,7 +53,7 @@ def run_scaling(params_path: str | None, overrides: list[str], out: str | Path, 
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         print(f"scaling: {n} rank(s): {' '.join(cmd)}", flush=True)
-        done = subprocess.run(cmd, cwd=project, env=env, timeout=timeout)
+        done = subprocess.run(cmd, cwd=project, env=env, timeout=timeout, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"scaling run on {n} rank(s) failed (exit {done.returncode}); see the output above")
         rows.append({"ranks": n, **json.loads((folder / "timings.json").read_text())})
@@ -89,17 +89,17 @@ def run_scaling(params_path: str | None, overrides: list[str], out: str | Path, 
 
 def table_markdown(s: dict[str, Any]) -> str:
     st = s["settings"]
-    lines = [f"Data-parallel scaling on {s['machine']} ({s['date']}); {st['strategy']}, {st['prompts_per_round']} "
-             f"prompts × group {st['group_size']} = {st['images_per_round']} images per round, {st['num_steps']} "
-             f"steps, {st['timed_rounds']} timed rounds after a warm-up round, 1 thread per rank ({st['backend']}).",
+    lines = [(f"Data-parallel scaling on {s['machine']} ({s['date']}); {st['strategy']}, {st['prompts_per_round']} "
+              f"prompts × group {st['group_size']} = {st['images_per_round']} images per round, {st['num_steps']} "
+              f"steps, {st['timed_rounds']} timed rounds after a warm-up round, 1 thread per rank ({st['backend']})."),
              "", "| ranks | rollout images/s | speedup | s / round | round speedup | max abs diff vs 1 rank |",
              "|---:|---:|---:|---:|---:|---:|"]
     for i, n in enumerate(s["ranks"]):
         lines.append(f"| {n} | {s['images_per_s'][i]:.2f} | {s['speedup'][i]:.2f}× | {s['seconds_per_round'][i]:.2f} "
                      f"| {s['round_speedup'][i]:.2f}× | {s['max_abs_diff'][i]:.2g} |")
     if "goal_met" in s:
-        lines += ["", f"Goal (2 ranks ≥ {s['goal']['speedup_at_2']}× images/s, diff ≤ {s['goal']['max_abs_diff']:g}): "
-                  f"{'met' if s['goal_met'] else 'not met'}."]
+        lines += ["", (f"Goal (2 ranks ≥ {s['goal']['speedup_at_2']}× images/s, diff ≤ {s['goal']['max_abs_diff']:g}): "
+                       f"{'met' if s['goal_met'] else 'not met'}.")]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,14 @@ class Reward(ABC):
     """A reward model. Subclasses list their part names; weights pick the mix."""
 
     parts: tuple[str, ...] = ()
+    # Evaluation metrics this reward reports (keys of `aegpo.evaluate.evaluate`'s result), headline first;
+    # empty = the weighted score `reward`, then each part.
+    report: tuple[str, ...] = ()
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Names of the evaluation metrics, headline first (what before/after reports print)."""
+        return self.report or ("reward", *self.parts)
 
     def __init__(self, weights: dict[str, float]) -> None:
         unknown = sorted(set(weights) - set(self.parts))

@@ -53,6 +53,13 @@ def build_reward_only(name: str, weights: dict[str, float] | None, models: dict[
     return cls(weights)
 
 
+def reward_from_params(params: Any, project_dir: str | Path = ".") -> Reward:
+    """The reward of a run's parameters (`params.reward`: name, weights and model options): every entry point
+    (trainer, evaluation, flows, benchmarks) builds it here, so a learned reward gets its `reward.models`."""
+    r = params.reward
+    return build_reward(r.name, r.weights, r.models, project_dir)
+
+
 def build_reward(name: str, weights: dict[str, float] | None = None,
                  models: dict[str, dict[str, Any]] | None = None, project_dir: str | Path = ".") -> Reward:
     """The reward `name` with part `weights` (None = its defaults) and model options `models` (`reward.models`)."""

@@ -13,6 +13,7 @@ from aegpo.shapes.verify import verify
 
 class ShapesReward(Reward):
     parts = ("dense", "strict", "soft")
+    report = ("strict", "dense", "reward")  # accuracy first: `soft` is a training signal, not an accuracy
 
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         super().__init__(weights if weights is not None else {"dense": 0.5, "strict": 0.5})

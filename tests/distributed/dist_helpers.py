@@ -65,7 +65,7 @@ def torchrun_cmd(nproc: int, *args: str, launcher: tuple[str, ...] = ("--standal
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def run_ok(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -8,11 +8,21 @@ mid-round resumes to the same weights; 2 nodes × 1 process meet through a c10d 
 from __future__ import annotations
 
 import pytest
+from dist_helpers import (
+    assert_records_agree,
+    kill_all,
+    max_abs_diff,
+    records,
+    run_ok,
+    start,
+    state_round,
+    torchrun_cmd,
+    trainable,
+    wait_for,
+)
 from safetensors.torch import load_file
 
 from aegpo.local_server import free_port
-from dist_helpers import (assert_records_agree, kill_all, max_abs_diff, records, run_ok, start, state_round,
-                          torchrun_cmd, trainable, wait_for)
 
 TOL = 1e-5
 

@@ -6,9 +6,19 @@ import hashlib
 import time
 
 import pytest
-
-from dist_helpers import (max_abs_diff, rank_pid, records, run, run_ok, start, state_round, torchrun_cmd, train_cmd,
-                          trainable, wait_for)
+from dist_helpers import (
+    max_abs_diff,
+    rank_pid,
+    records,
+    run,
+    run_ok,
+    start,
+    state_round,
+    torchrun_cmd,
+    train_cmd,
+    trainable,
+    wait_for,
+)
 
 
 def _digest(folder) -> str:

@@ -9,7 +9,6 @@ import json
 import sys
 
 import pytest
-
 from dist_helpers import run_ok
 
 

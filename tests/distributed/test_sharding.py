@@ -40,7 +40,7 @@ def test_group_costs_count_rollout_steps_and_trained_transitions():
 
 def test_split_indices_cover_every_item_once():
     parts = [split_indices(7, 3, r).tolist() for r in range(3)]
-    assert sum(parts, []) == list(range(7)) and max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert [i for p in parts for i in p] == list(range(7)) and max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
 def test_launch_commands_for_one_node_and_for_c10d_rendezvous():
