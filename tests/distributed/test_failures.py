@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 from dist_helpers import (
     max_abs_diff,
     rank_pid,
@@ -79,3 +83,18 @@ def test_a_dead_rank_stops_the_others_and_the_run_resumes_on_one_rank(one_rank_r
     assert max_abs_diff(trainable(proj), trainable(ref)) <= 1e-5
     assert [r["reward_mean"] for r in records(proj)] == pytest.approx([r["reward_mean"] for r in records(ref)],
                                                                       abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_rejects_the_round_on_every_rank(make_dist_project):
+    """The NaN guard agrees across ranks: rank 1's NaN reward rejects round 1 everywhere (no hang, no rank
+    training on alone), rank 0 records it, and the run goes on to its last round."""
+    proj = make_dist_project()
+    script = str(Path(__file__).with_name("nan_on_one_rank.py"))
+    out = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", script], proj)
+    assert out.returncode == 0, out.stderr[-4000:]
+    rounds = proj / "runs" / "train" / "rounds"
+    assert json.loads((rounds / "rejected-0001.json").read_text())["rejected"].startswith("reward: 1 of")
+    assert sorted(p.name for p in rounds.glob("round-*.json")) == ["round-0000.json", "round-0002.json"]
+    assert state_round(proj) == 3
+    assert all(bool(torch.isfinite(v).all()) for v in trainable(proj).values())
