@@ -6,7 +6,8 @@ Each world size trains `--rounds` rounds of params.yaml (same seed, same global 
 `train.prompts_per_round` × the strategy's group sizes) in its own run folder under `--out`,
 without evaluation. Measured per world size, over the rounds after the first (warm-up):
 
-- `images_per_s`: rollout images of the round / wall seconds of the sampling stage (the slowest rank's);
+- `images_per_s`: rollout images of the round / wall seconds of the sampling stage (`Trainer.sample`, the
+  slowest rank's; the plan and AEGPO's entropy probe before it are not counted);
 - `seconds_per_round`: wall seconds of a whole round (sample, score, update, record, save) on rank 0;
 - `max_abs_diff`: max |w − w₁| of the final trainable weights against the 1-rank run.
 
@@ -131,9 +132,11 @@ def worker(params: Params, timings: Path) -> None:
         while trainer.round < params.train.rounds:
             distributed.barrier()
             t0 = time.perf_counter()
-            work = trainer.begin_round()
+            work = trainer.begin_round()  # the plan (and AEGPO's entropy probe) is not part of the rollout time
+            distributed.barrier()
+            t1 = time.perf_counter()
             trainer.sample(work)
-            t_sample = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+            t_sample = torch.tensor([time.perf_counter() - t1], dtype=torch.float64)
             trainer.score(work)
             trainer.optimize(work)
             record = trainer.end_round(work)
