@@ -64,7 +64,7 @@ def test_a_two_rank_run_killed_mid_round_resumes_to_the_same_weights(one_rank_re
     ref = one_rank_reference("aegpo")
     proj = make_dist_project()
     proc = start(torchrun_cmd(2), proj, tmp_path / "killed.log")
-    wait_for(proj / "runs" / "train" / "rounds" / "round-0000.json", proc)
+    wait_for(proj / "runs" / "train" / "state" / "state.json", proc)  # round 0 saved; kill in round 1
     kill_all(proc)  # kill -9 of torchrun and both ranks, mid round 1
     assert state_round(proj) in (1, 2)
     run_ok(torchrun_cmd(2), proj)

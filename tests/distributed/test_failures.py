@@ -68,7 +68,7 @@ def test_a_dead_rank_stops_the_others_and_the_run_resumes_on_one_rank(one_rank_r
     ref = one_rank_reference("aegpo")
     proj = make_dist_project(dist_timeout=20)
     proc = start(torchrun_cmd(2), proj, tmp_path / "run.log")
-    wait_for(proj / "runs" / "train" / "rounds" / "round-0000.json", proc)
+    wait_for(proj / "runs" / "train" / "state" / "state.json", proc)  # round 0 saved; kill in round 1
     victim = rank_pid(proc.pid, 1)
     t0 = time.monotonic()
     import os
