@@ -105,10 +105,28 @@ def cmd_train(args) -> int:
         return 0  # rank 0 reports for the run
     after = next((h["eval"] for h in reversed(result["history"]) if h.get("eval")), None)
     print(f"\ntrained {result['rounds']} rounds ({params.train.strategy}), {result['nfe']} denoiser evaluations")
+    _print_aegpo_choices(trainer, result)
     for line in before_after_lines(result["base_eval"], after):
         print(line)
     print(f"checkpoint: {result['checkpoint']}\nround logs: {Path(params.train.out_dir) / 'rounds'}")
     return 0
+
+
+def _print_aegpo_choices(trainer, result) -> None:
+    """Time to the first round, and the peak direction `auto` chose with its evidence."""
+    first = next((h for h in result["history"] if h.get("round") == 0), None)
+    if first is not None and "seconds_to_first_round" in first:
+        print(f"time to first round: {first['seconds_to_first_round']:.1f} s (model loading, calibration, base eval, "
+              f"round 0; base probes are lazy)")
+    cal = getattr(trainer, "peak_calibration", None)
+    if cal is not None:
+        from aegpo.bench.critical_steps import _num
+
+        print(f"peak direction: {cal['direction']} (auto; Spearman ρ(Entropy(t), reward spread of SDE at t) "
+              f"{_num(cal['rho'])}, 95% CI {_num(cal['ci_low'])} … {_num(cal['ci_high'])}, {cal['prompts']} prompts × "
+              f"{cal['group']}, {cal['nfe']:,} NFE counted; {cal['reason']}; plot {cal['plot']})")
+    elif getattr(trainer.strategy, "peak_direction", None) is not None:
+        print(f"peak direction: {trainer.strategy.peak_direction} (aegpo.peak_direction)")
 
 
 def _load(checkpoint: str, guidance: float):
@@ -194,14 +212,25 @@ def cmd_score(args) -> int:
 
 
 def cmd_bench_efficiency(args) -> int:
-    from aegpo.bench.efficiency import BenchSpec, run_efficiency
+    from aegpo.bench.efficiency import BenchSpec, parse_rows, run_efficiency
 
-    spec = BenchSpec(strategies=args.strategies.split(","), seeds=[int(x) for x in args.seeds.split(",")],
+    names, variants = parse_rows(args.strategies)
+    spec = BenchSpec(strategies=names, seeds=[int(x) for x in args.seeds.split(",")],
                      nfe_budget=args.nfe_budget, eval_every_nfe=args.eval_every_nfe, target=args.target,
-                     jobs=args.jobs)
+                     jobs=args.jobs, variants=variants)
     summary = run_efficiency(_params(args), spec, args.out)
     print((Path(args.out) / "table.md").read_text())
     print(f"machine: {summary['settings']['machine']}\nresults: {args.out}/(curves.csv, curves.png, table.md, summary.json)")
+    return 0
+
+
+def cmd_bench_critical_steps(args) -> int:
+    from aegpo.bench.critical_steps import run_critical_steps, summary_line
+
+    result = run_critical_steps(_params(args), args.out, num_prompts=args.prompts, group=args.group)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"{summary_line(result)}\n-> {args.out}/(summary.json, critical_steps.png, table.md); "
+          f"machine: {result['settings']['machine']}")
     return 0
 
 
@@ -397,13 +426,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("efficiency", help="strategies × seeds at an equal NFE budget on the shapes world")
     _add_params(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--strategies", default="grpo,flow_grpo,mixgrpo,random_k,aegpo_global,aegpo_local,aegpo")
+    p.add_argument("--strategies", default="grpo,flow_grpo,mixgrpo,random_k,aegpo_global,aegpo_local,aegpo",
+                   help="comma-separated rows: a strategy, or name=strategy+key=value+... (a named variant with "
+                   "parameter overrides, e.g. aegpo_auto=aegpo+aegpo.peak_direction=auto)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--nfe-budget", type=int, default=150_000, help="cumulative NFE per run")
     p.add_argument("--eval-every-nfe", type=int, default=25_000)
     p.add_argument("--target", type=float, default=None, help="strict accuracy target (default: halfway base → best)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each with cpus // jobs threads)")
     p.set_defaults(func=cmd_bench_efficiency)
+    p = bsub.add_parser("critical-steps", help="which steps decide the reward; does Entropy(t) point at them "
+                        "(the calibration of aegpo.peak_direction: auto)")
+    _add_params(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--prompts", type=int, default=None, help="first N train prompts (default: aegpo.calibration_prompts)")
+    p.add_argument("--group", type=int, default=None,
+                   help="rollouts per prompt and step (default: aegpo.calibration_group)")
+    p.set_defaults(func=cmd_bench_critical_steps)
     p = bsub.add_parser("overhead", help="entropy recording on vs off: rollout time and peak memory")
     _add_params(p)
     p.add_argument("--out", required=True)

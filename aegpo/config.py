@@ -147,12 +147,13 @@ class EntropyParams(Section):
 class AEGPOParams(Section):
     probe_seed: int = Field(4321, description="Noise seed of entropy probes (base profile and current policy share it, so ΔEntropy sees only the policy change).")
     cache_dir: str = Field("cache/profiles", description="Where base-entropy profiles are cached (keyed on base checkpoint, prompt set and probe parameters).")
-    delta: Literal["absolute", "relative"] = Field("absolute", description="ΔEntropy = |E_θ − E_base| (absolute) or |E_θ − E_base| / E_base (relative).")
+    delta: Literal["absolute", "relative"] = Field("relative", description="ΔEntropy = |E_θ − E_base| / E_base (relative: the paper's abstract says 'relative change') or |E_θ − E_base| (absolute: our deviation; within 0.005 strict of relative on the built-in world, docs/findings.md §2).")
     delta_aggregate: Literal["mean", "peaks"] = Field("mean", description="Aggregate Entropy(t) over all steps (mean) or over the selected peak steps only.")
     delta_source: Literal["probe", "history"] = Field("probe", description="Current entropy from a probe pass this round (costs P·T NFE) or from the prompt's previous rollouts (free, stale; unseen prompts are probed).")
     allocation: Literal["median_split", "proportional", "uniform"] = Field("median_split", description="Budget rule (aegpo/allocation.py).")
-    high_group: int | None = Field(None, ge=2, description="median_split: rollouts above the median; null = round(4/3 · train.group_size) (paper: 16 for 12).")
-    low_group: int | None = Field(None, ge=2, description="median_split: rollouts below the median; null = 2 · train.group_size − high_group (paper: 8); high + low must be 2 · group_size.")
+    tie_tolerance: float = Field(1e-5, ge=0, description="ΔEntropy differences below tie_tolerance × the batch's mean base entropy count as ties (relative ΔEntropy: below tie_tolerance itself); ties get uniform budgets (round 0 of a LoRA run: ΔEntropy is float noise of ~1e-7 of the entropy).")
+    high_group: int | None = Field(None, ge=2, description="median_split: rollouts above the median; null = round(4/3 · train.group_size) (16 for 12, a secondary source's reading of the paper).")
+    low_group: int | None = Field(None, ge=2, description="median_split: rollouts below the median; null = 2 · train.group_size − high_group (8); high + low must be 2 · group_size.")
     floor: int | None = Field(None, ge=2, description="proportional: fewest rollouts a prompt gets; null = max(2, group_size // 3).")
     ceiling: int | None = Field(None, ge=2, description="proportional: most rollouts a prompt gets; null = 2 · group_size.")
 
@@ -166,14 +167,19 @@ class AEGPOParams(Section):
         """(floor, ceiling) of proportional."""
         floor = self.floor if self.floor is not None else max(2, group_size // 3)
         return floor, self.ceiling if self.ceiling is not None else 2 * group_size
-    peaks_k: int = Field(4, ge=1, description="K steps to explore (paper: top-4 peaks); also random_k's K.")
-    peak_rule: Literal["topk", "peaks"] = Field("topk", description="topk: K highest Entropy(t); peaks: greedy non-maximum suppression with min_spacing (aegpo/peaks.py).")
-    peak_direction: Literal["high", "low"] = Field(
-        "high", description="high: maxima of Entropy(t) (the paper's peaks); low: its minima (troughs), where the "
-        "built-in model's reward is decided (scripts/critical_steps.py).")
+    peaks_k: int = Field(4, ge=1, description="K steps to explore (4: a secondary source's TopK); also random_k's K.")
+    peak_rule: Literal["topk", "peaks"] = Field("topk", description="topk: the K most extreme Entropy(t) steps in peak_direction; peaks: greedy non-maximum suppression with min_spacing (aegpo/peaks.py).")
+    peak_direction: Literal["high", "low", "auto"] = Field(
+        "high", description="high: maxima of Entropy(t) (the paper's peaks); low: its minima (troughs; our deviation, "
+        "where the built-in model's reward is decided, docs/findings.md §2b); auto: calibrate once on the base "
+        "policy (aegpo bench critical-steps) and take maxima for a positive rank correlation of Entropy(t) with "
+        "the reward spread of SDE at that step, minima for a negative one, maxima when the 95% CI includes 0.")
+    calibration_prompts: int = Field(16, ge=2, description="peak_direction auto: train prompts (the first N) in the calibration.")
+    calibration_group: int = Field(4, ge=2, description="peak_direction auto: rollouts per prompt and step (same initial noise, SDE at that step only).")
+    calibration_seed: int = Field(0, description="peak_direction auto: noise seed of the calibration rollouts and its bootstrap.")
     min_spacing: int = Field(2, ge=1, description="peaks: minimum distance in steps between chosen peaks.")
     peak_scope: Literal["prompt", "batch"] = Field("prompt", description="Choose steps per prompt or once per round from the batch-mean Entropy(t).")
-    peak_source: Literal["probe", "base"] = Field("probe", description="Entropy(t) for the peaks: this round's probe of the current policy, or the cached base profile (free).")
+    peak_source: Literal["probe", "base"] = Field("probe", description="Entropy(t) for the step choice: this round's probe of the current policy, or the cached base profile (free).")
 
 
 class MixGRPOParams(Section):

@@ -8,9 +8,11 @@ transition density degenerates). Rules:
   candidate closer than `min_spacing` steps to it, repeat K times. Spread-out peaks rather
   than K neighbours of one broad maximum.
 
-`direction` ``high`` takes maxima of Entropy(t) (the paper's peaks); ``low`` takes its minima
-(troughs: steps of the most concentrated attention), which is where exploration changes the
-reward in the built-in model (scripts/critical_steps.py, docs/findings.md).
+`direction` ``high`` takes maxima of Entropy(t) (the peaks of the paper's abstract); ``low``
+takes its minima (troughs: steps of the most concentrated attention; our deviation), which is
+where exploration changes the reward in the built-in model (`aegpo bench critical-steps`,
+docs/findings.md §2b). ``auto`` is resolved to one of them by the trainer's calibration before
+any step is selected here.
 
 Ties (plateaus) go to the earlier (noisier) step, so the choice is deterministic. Scope
 ``prompt`` selects per prompt from its own Entropy(t); ``batch`` selects once from the

@@ -5,9 +5,13 @@ text and the probe seed only, with attention-entropy recording at every step. Be
 profile and every later probe of the current policy start from the same noise, ΔEntropy
 measures the change of the policy, not of the noise.
 
-The **base profile** is the probe of the frozen base policy over a prompt set, stored as a
-Parquet table (schema in aegpo.tables) under a cache key of (base checkpoint manifest digest,
-prompt-set hash, probe parameters): it is computed once and reused by every run that shares them.
+The **base profile** is the probe of the frozen base policy, per prompt. Training builds it
+lazily (`LazyBaseProfile`): the prompts a round draws are probed when first needed and kept in a
+per-prompt store (`ProfileStore`: Parquet shards in one folder under a key of (base checkpoint
+manifest digest, probe parameters)), so it grows as training goes and no prompt is probed twice by
+any run that shares the base and the probe. `load_or_compute_base_profile` precomputes a whole
+prompt set (the `profile` stage and flow) through the same store and writes it as one Parquet
+table (schema in aegpo.tables) under a key that adds the prompt-set hash.
 """
 
 from __future__ import annotations
@@ -89,10 +93,24 @@ def probe(policy, prompts: list[str], spec: ProbeSpec, recorder, batch_size: int
 
 
 class EntropyProfile:
-    """Entropy(t) per prompt: `layers[prompt]` (T, L); `entropy_t(prompts)` (P, T) mean over layers."""
+    """Entropy(t) per prompt: `layers[prompt]` (T, L); `entropy_t(prompts)` (P, T) mean over layers.
 
-    def __init__(self, layers: dict[str, np.ndarray], sigmas: np.ndarray, layer_names: list[str]) -> None:
+    `nfe_per_call`: denoiser evaluations per step of the policy that was probed (2 with CFG), so that
+    `probe_nfe` states what probing prompts costs."""
+
+    def __init__(self, layers: dict[str, np.ndarray], sigmas: np.ndarray, layer_names: list[str],
+                 nfe_per_call: int = 1) -> None:
         self.layers, self.sigmas, self.layer_names = layers, sigmas, layer_names
+        self.nfe_per_call = nfe_per_call
+
+    def probe_nfe(self, num_prompts: int) -> int:
+        """NFE of probing `num_prompts` prompts (T steps each), whether or not they are cached."""
+        return num_prompts * len(self.sigmas) * self.nfe_per_call
+
+    def ensure(self, prompts: list[str]) -> int:
+        """Make sure `prompts` have entries; returns the NFE spent now (a precomputed profile spends none)."""
+        self.entropy_t(prompts)
+        return 0
 
     def entropy_t(self, prompts: list[str]) -> np.ndarray:
         missing = [p for p in prompts if p not in self.layers]
@@ -142,9 +160,107 @@ def cache_key(base_digest: str, prompts: list[str], spec: ProbeSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def store_key(base_digest: str, spec: ProbeSpec) -> str:
+    """Key of the per-prompt store: the base checkpoint and the probe parameters (no prompt set)."""
+    blob = json.dumps({"base": base_digest, "probe": asdict(spec)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ProfileStore:
+    """Per-prompt base-entropy cache: `cache_dir/base-entropy-store-<key>/part-<hash>.parquet`, one shard per
+    probe batch (PROFILE_SCHEMA, `cache_key` in the metadata). Shards are written atomically and never
+    rewritten, so parallel runs sharing the store at worst probe a prompt twice, never corrupt it; a shard
+    that cannot be read (or has another key) is ignored with a warning and its prompts are probed again."""
+
+    def __init__(self, cache_dir: str | Path, base_digest: str, spec: ProbeSpec) -> None:
+        self.key = store_key(base_digest, spec)
+        self.base_digest, self.spec = base_digest, spec
+        self.dir = Path(cache_dir) / f"base-entropy-store-{self.key[:16]}"
+
+    def load(self) -> EntropyProfile | None:
+        """Every stored prompt, or None when the store is empty."""
+        merged: EntropyProfile | None = None
+        for path in sorted(self.dir.glob("part-*.parquet")):
+            try:
+                if read_metadata(path).get("cache_key") != self.key:
+                    raise ValueError("another cache key")
+                part = EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
+            except Exception as err:  # noqa: BLE001 - a bad shard is recomputed, never trusted
+                log.warning("base-entropy store: ignoring %s (%s); its prompts will be probed again", path, err)
+                continue
+            if merged is None:
+                merged = part
+            else:
+                merged.layers.update(part.layers)
+        return merged
+
+    def add(self, profile: EntropyProfile, prompts: list[str], nfe: int) -> Path:
+        """Write the entries of `prompts` as one new shard."""
+        path = self.dir / f"part-{prompt_set_hash(prompts)[:16]}.parquet"
+        table = with_metadata(profile.to_table(prompts, probe_seeds(prompts, self.spec.seed)), {
+            "cache_key": self.key, "spec": {"base_manifest_sha256": self.base_digest, "probe": asdict(self.spec),
+                                            "prompts": len(prompts), "nfe": nfe}})
+        return write_table(table, path)
+
+
+class LazyBaseProfile(EntropyProfile):
+    """The base profile, probed per prompt when first asked for (`entropy_t`, `ensure`).
+
+    Args:
+        probe_base: prompts → Rollout of the probe under the BASE policy (with LoRA: adapters disabled; with
+            full fine-tuning: a frozen copy; see FlowPolicy.reference) from the fixed probe noise.
+        store: the per-prompt cache shared with other runs (None: memory only).
+        preload: a precomputed profile (e.g. the `profile` stage's table) whose entries are used as they are.
+    """
+
+    def __init__(self, probe_base, store: ProfileStore | None, nfe_per_call: int, num_steps: int,
+                 preload: EntropyProfile | None = None) -> None:
+        stored = store.load() if store is not None else None
+        layers = dict(stored.layers) if stored is not None else {}
+        first = preload or stored
+        if preload is not None:
+            layers.update(preload.layers)
+        sigmas = first.sigmas if first is not None else np.zeros(num_steps, np.float32)
+        super().__init__(layers, sigmas, list(first.layer_names) if first is not None else [], nfe_per_call)
+        self.num_steps = num_steps
+        self.probe_base, self.store = probe_base, store
+        self.computed_nfe = 0  # NFE this object spent probing (cache hits are free here)
+
+    def probe_nfe(self, num_prompts: int) -> int:
+        return num_prompts * self.num_steps * self.nfe_per_call
+
+    def ensure(self, prompts: list[str]) -> int:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self.layers))
+        if not missing:
+            return 0
+        log.info("base-entropy profile: probing %d new prompts", len(missing))
+        rollout = self.probe_base(missing)
+        part = EntropyProfile.from_rollout(missing, rollout, self.layer_names or [])
+        if rollout.entropy_layers.shape[1] != self.num_steps:
+            raise ValueError(f"base probe returned {rollout.entropy_layers.shape[1]} steps, expected {self.num_steps}")
+        self.layers.update(part.layers)
+        self.sigmas = part.sigmas
+        self.computed_nfe += rollout.nfe
+        if self.store is not None:
+            self.store.add(part, missing, rollout.nfe)
+        return rollout.nfe
+
+    def set_layer_names(self, names: list[str]) -> None:
+        if self.layer_names and list(self.layer_names) != list(names):
+            raise ValueError(f"base profile layers {self.layer_names} differ from the recorder's {names}")
+        self.layer_names = list(names)
+
+    def entropy_t(self, prompts: list[str]) -> np.ndarray:
+        self.ensure(prompts)
+        return super().entropy_t(prompts)
+
+
 def load_or_compute_base_profile(base_policy, base_digest: str, prompts: list[str], spec: ProbeSpec, recorder,
                                  cache_dir: str | Path, progress: bool = False) -> tuple[EntropyProfile, Path, bool]:
-    """(profile, parquet path, whether it was computed now). `base_policy` must compute the base policy."""
+    """(profile, parquet path, whether it was computed now). `base_policy` must compute the base policy.
+
+    The full precomputation of a prompt set: prompts already in the per-prompt store are not probed again,
+    and the new ones are added to it (so later lazy runs reuse them)."""
     key = cache_key(base_digest, prompts, spec)
     path = Path(cache_dir) / f"base-entropy-{key[:16]}.parquet"
     # data-parallel runs: rank 0 decides (its disk holds the cache) and writes; all ranks share the probe
@@ -157,11 +273,16 @@ def load_or_compute_base_profile(base_policy, base_digest: str, prompts: list[st
         profile = EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
         return distributed.broadcast_object(profile), path, False
     log.info("base-entropy profile: probing %d prompts -> %s", len(prompts), path)
-    rollout = probe(base_policy, prompts, spec, recorder, progress=progress)
-    profile = EntropyProfile.from_rollout(prompts, rollout, recorder.layer_names)
-    table = with_metadata(profile.to_table(prompts, rollout.seeds), {
+    lazy = LazyBaseProfile(lambda ps: probe(base_policy, ps, spec, recorder, progress=progress),
+                           ProfileStore(cache_dir, base_digest, spec), base_policy.nfe_per_call, spec.num_steps)
+    lazy.set_layer_names(recorder.layer_names)
+    lazy.ensure(prompts)
+    profile = EntropyProfile({p: lazy.layers[p] for p in prompts}, lazy.sigmas, lazy.layer_names,
+                             base_policy.nfe_per_call)
+    table = with_metadata(profile.to_table(prompts, probe_seeds(prompts, spec.seed)), {
         "cache_key": key, "spec": {"base_manifest_sha256": base_digest, "prompt_set_sha256": prompt_set_hash(prompts),
-                                   "probe": asdict(spec), "nfe": rollout.nfe}})
+                                   "probe": asdict(spec), "nfe": lazy.probe_nfe(len(prompts)),
+                                   "nfe_spent_now": lazy.computed_nfe}})
     with distributed.main_writes("base-entropy profile") as mine:
         if mine:
             write_table(table, path)

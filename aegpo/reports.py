@@ -10,12 +10,19 @@ Files (all rewritten whole and atomically, from `<run>/rounds/round-NNNN.json` a
     entropy_alloc.csv  round, prompt_id, delta_entropy, group_size, reward_mean
                        (one row per prompt and round that measured ΔEntropy; header only for
                        strategies without it, e.g. grpo)
-    train_metrics.json rounds, nfe, strategy, reward_mean (last round), eval (last), base_eval
+    train_metrics.json rounds, nfe, strategy, reward_mean (last round), base_eval (the base policy before
+                       round 0: strict, dense, reward)
+    checkpoint.json    sha256 of the run's final checkpoint (its manifest and weight files): what the
+                       DVC `evaluate` stage depends on, since the checkpoint itself is not in git
+
+`dvc metrics show` lists each figure once: the trained policy's final accuracy is `reports/eval.json`
+(the `evaluate` stage), the base policy's is `base_eval.*` here, the curve in between eval_curve.csv.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -69,7 +76,7 @@ def allocation_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_reports(run_dir: str | Path, reports_dir: str | Path, strategy: str = "") -> dict[str, Any]:
-    """Write the four report files into `reports_dir`; returns the metrics dict."""
+    """Write the report files into `reports_dir`; returns the metrics dict (train_metrics.json)."""
     records = load_records(run_dir)
     base_eval = load_base_eval(run_dir)
     out = Path(reports_dir)
@@ -82,15 +89,32 @@ def write_reports(run_dir: str | Path, reports_dir: str | Path, strategy: str = 
     atomic_write_text(out / "eval_curve.csv", _csv(["rounds_done", *names], curve))
     alloc = [row for r in records for row in allocation_rows(r)]
     atomic_write_text(out / "entropy_alloc.csv", _csv(list(ALLOC_COLUMNS), alloc))
-    last_eval = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
     metrics = {
         "strategy": strategy, "rounds": len(records), "nfe": records[-1]["nfe"] if records else 0,
-        "reward_mean": records[-1]["reward_mean"] if records else None,
-        "eval": _summary(last_eval), "base_eval": _summary(base_eval),
+        "reward_mean": records[-1]["reward_mean"] if records else None, "base_eval": _summary(base_eval),
     }
     atomic_write_json(out / "train_metrics.json", metrics)
+    checkpoint = Path(run_dir) / "checkpoint"
+    if checkpoint.is_dir():
+        atomic_write_json(out / "checkpoint.json", checkpoint_digest(checkpoint))
     return metrics
 
 
+def checkpoint_digest(folder: str | Path) -> dict[str, Any]:
+    """{'sha256': of the whole folder, 'files': {name: sha256}} over every file in `folder` (sorted by name)."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    whole = hashlib.sha256("".join(f"{name}\0{digest}\n" for name, digest in files.items()).encode()).hexdigest()
+    return {"sha256": whole, "files": files}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _summary(ev: dict[str, Any] | None) -> dict[str, Any] | None:
-    return eval_summary(ev, ("nfe",))
+    return eval_summary(ev)  # no nfe: the base evaluation's cost is eval.json's eval_nfe, one name per figure

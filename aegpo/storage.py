@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -351,10 +352,35 @@ class S3Storage(Storage):
         self._call("opening", "", self.client.head_bucket, Bucket=self.bucket)
 
 
+class _OncePerProcess(logging.Filter):
+    """Let each distinct message through once: botocore says where it found credentials at every client
+    (ours per store, MLflow's per artifact call), six times and more per run; once is information enough."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def quiet_credential_notices() -> None:
+    """Install the once-per-process filter on botocore's credential logger (idempotent)."""
+    logger = logging.getLogger("botocore.credentials")
+    if not any(isinstance(f, _OncePerProcess) for f in logger.filters):
+        logger.addFilter(_OncePerProcess())
+
+
 def make_s3_client(settings: StorageSettings):
     """A boto3 S3 client for `settings` (bounded retries and timeouts, path-style for custom endpoints)."""
     import boto3
     from botocore.config import Config
+
+    quiet_credential_notices()
 
     config = Config(retries={"max_attempts": settings.max_attempts, "mode": "standard"},
                     connect_timeout=settings.connect_timeout, read_timeout=120,

@@ -33,7 +33,7 @@ from aegpo.guard import NonFiniteRound, RoundSnapshot, RoundsRejectedError, requ
 from aegpo.io_utils import atomic_write_json
 from aegpo.models.base import LoraSpec
 from aegpo.models.registry import load_base_policy
-from aegpo.profile import EntropyProfile, ProbeSpec, load_or_compute_base_profile, probe
+from aegpo.profile import EntropyProfile, LazyBaseProfile, ProbeSpec, ProfileStore, probe
 from aegpo.rewards.base import RewardResult
 from aegpo.rewards.registry import reward_from_params
 from aegpo.rollout import Rollout, StepPlan, derive_seed, generate, sample_seeds
@@ -98,6 +98,7 @@ class Trainer:
     def __init__(self, params: Params, train_prompts: list[str], eval_prompts: list[str] | None = None,
                  project_dir: str | Path = ".", progress: bool = True,
                  base_profile_path: str | Path | None = None) -> None:
+        self._t_start = time.perf_counter()  # for seconds_to_first_round
         self.params = params
         self.project_dir = Path(project_dir)
         self.out_dir = self.project_dir / params.train.out_dir
@@ -122,14 +123,18 @@ class Trainer:
             self.recorder.install(self.policy)
         self.strategy = build_strategy(params)
         self.probe_spec = ProbeSpec.from_params(params)
-        # The base profile is read before any adapter or trainable copy exists: the policy is the base here.
+        # The base profile is lazy: each round's new prompts are probed under the base policy (_probe_base).
         self.base_profile_path = base_profile_path
+        self._frozen_copy = False  # full fine-tuning: the base is a frozen copy of the transformer
         self.base_profile = self._load_base_profile(base_profile_path) if self.strategy.needs_base_profile else None
+        # peak_direction auto: calibrated now, while the policy is still the base
+        self.peak_calibration = self._calibrate_peak_direction() if self.strategy.needs_base_profile else None
         if params.model.finetune == "lora":
             lp = params.model.lora
             self.policy.add_lora(LoraSpec(lp.rank, lp.alpha, tuple(lp.target_modules), lp.init), seed=params.seed)
         else:
             self.policy.set_full_finetune()
+            self._frozen_copy = True
         self._setup_data_parallel()
         self.named_trainable = {n: p for n, p in self.policy.transformer.named_parameters() if p.requires_grad}
         o = params.train.optim
@@ -252,6 +257,8 @@ class Trainer:
         self.nfe += ro.nfe + work.plan.probe_nfe + update_calls * self.policy.nfe_per_call
         record = self._record(work.ctx, work.plan, ro, scored, advantages, work.stats, work.times)
         record.update(self.strategy.observe(work.ctx, ro, scored.score))
+        if work.ctx.round == 0:  # model loading, calibration, base eval and round 0 (not its eval) of a fresh run
+            record["seconds_to_first_round"] = time.perf_counter() - self._t_start
         self.round = work.ctx.round + 1
         if evaluation is not None:
             record["eval"] = evaluation
@@ -350,15 +357,52 @@ class Trainer:
         with distributed.unsharded(self.policy.transformer):
             return probe(self.policy, prompts, self.probe_spec, self.recorder)
 
-    def _load_base_profile(self, path: str | Path | None = None):
-        """The base-entropy profile of the training prompts: from `path`, or the cache (computed once)."""
-        if path is not None:
-            return EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
-        profile, path, _ = load_or_compute_base_profile(
-            self.policy, self.base_ref["manifest_sha256"], self.train_prompts, self.probe_spec, self.recorder,
-            self.project_dir / self.params.aegpo.cache_dir, progress=self.progress)
-        self.base_profile_path = path
+    def _load_base_profile(self, path: str | Path | None = None) -> LazyBaseProfile:
+        """The lazy base-entropy profile: prompts are probed under the base policy when a round first needs
+        them, into the per-prompt store under aegpo.cache_dir; a precomputed table (`path`, the `profile`
+        stage) is used as it is and only prompts it lacks are probed."""
+        if self.recorder is None:
+            raise ValueError(f"{self.params.train.strategy} needs attention entropy: set entropy.record=true")
+        preload = EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA)) if path is not None else None
+        store = ProfileStore(self.project_dir / self.params.aegpo.cache_dir, self.base_ref["manifest_sha256"],
+                             self.probe_spec)
+        profile = LazyBaseProfile(self._probe_base, store, self.policy.nfe_per_call, self.params.sampler.num_steps,
+                                  preload=preload)
+        profile.set_layer_names(self.recorder.layer_names)
+        if path is None:
+            self.base_profile_path = store.dir
         return profile
+
+    def _probe_base(self, prompts: list[str]) -> Rollout:
+        """Entropy probe of the BASE policy (LoRA: adapters disabled; full fine-tuning: the frozen copy), from
+        the same fixed probe noise as `_probe`."""
+        self.policy.eval()
+        try:
+            with self.policy.reference():
+                if self._frozen_copy:  # the frozen copy's processors record elsewhere: record on it for now
+                    self.recorder.install(self.policy)
+                return probe(self.policy, prompts, self.probe_spec, self.recorder, progress=self.progress)
+        finally:
+            if self._frozen_copy:
+                self.recorder.install(self.policy)  # back on the trained transformer
+
+    def _calibrate_peak_direction(self) -> dict[str, Any] | None:
+        """peak_direction auto: measure (or reuse) the critical-steps calibration on the base, resolve the strategy's
+        direction; None when the direction is fixed in params."""
+        a = self.params.aegpo
+        uses_steps = getattr(self.strategy, "use_local", False) or a.delta_aggregate == "peaks"
+        if a.peak_direction != "auto" or not uses_steps:
+            return None
+        from aegpo.bench.critical_steps import load_or_calibrate, record_summary, summary_line
+
+        prompts = self.train_prompts[: a.calibration_prompts]
+        result, _ = load_or_calibrate(self.policy.eval(), self.base_profile.entropy_t, self.base_ref["manifest_sha256"],
+                                      prompts, self.reward, self.params, self.base_profile.probe_nfe(len(prompts)),
+                                      self.project_dir / a.cache_dir, progress=self.progress)
+        summary = record_summary(result)
+        self.strategy.resolve_peak_direction(result["direction"], summary)
+        log.info("%s", summary_line(result))
+        return summary
 
     def _update_cfg(self) -> UpdateConfig:
         t, s = self.params.train, self.params.sampler

@@ -8,6 +8,7 @@ Prefect nor MLflow).
     flows/session.py    the per-process trainer the tasks share (one worker per GPU)
     flows/spec.py       RunSpec and the pre-flight checks of every input and service
     flows/tracking.py   MLflow (MlflowClient with explicit run ids)
+    flows/media.py      captioned sample grids and the allocation table shown in MLflow
 
 See docs/pipeline.md.
 """

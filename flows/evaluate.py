@@ -175,18 +175,25 @@ def evaluate_flow(checkpoint: str | None = None, params_path: str | None = "para
     """
     spec = prepare_eval(checkpoint, params_path, overrides or [], project_dir, storage_uri, tracking_uri, experiment)
     result = evaluate_checkpoint(spec, label, reuse)
-    metrics = {**result["metrics"], "nfe": result["train_nfe"] or 0, "eval_nfe": result["eval_nfe"],
-               "rounds": result["train_rounds"] or 0}
+    measured = out_metrics(result)
+    metrics = {**measured, "nfe": result["train_nfe"] or 0, "rounds": result["train_rounds"] or 0}
     from aegpo.eval_metrics import eval_summary
 
     base = eval_summary(_base_eval(spec, result.get("run_dir"))) or {}
     metrics.update({f"base_{k}": v for k, v in base.items()})
     if out:
-        atomic_write_json(resolve(spec.project, out), metrics)
+        atomic_write_json(resolve(spec.project, out), measured)
     publish_markdown("aegpo-evaluation", "\n".join([
         f"### Evaluation `{label}` of `{spec.checkpoint}`", "", "| metric | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in metrics.items()]]), f"Evaluation {label}")
     return {**result, "summary": metrics, "base_metrics": base}
+
+
+def out_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """What `out` (the DVC metrics file) holds: this evaluation's figures only. The checkpoint's rounds and NFE and
+    the base policy's accuracy are the train stage's (reports/train_metrics.json): `dvc metrics show` names each
+    figure once."""
+    return {**result["metrics"], "eval_nfe": result["eval_nfe"]}
 
 
 def _base_eval(spec: EvalSpec, run_dir: str | None) -> dict[str, Any] | None:

@@ -26,10 +26,20 @@ from typing import Any
 import numpy as np
 
 from aegpo.eval_metrics import eval_summary
+from flows.calibration_tracking import log_peak_calibration
+from flows import media
 
 log = logging.getLogger("aegpo.flows.tracking")
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+# MLflow 3 opens an experiment in its GenAI view (traces, "Evaluation runs") unless told it is a model-training one:
+# the experiment tag below says so (custom_model_development = "Machine learning" in the UI). MLflow 3.17's UI also
+# follows a per-browser GenAI / Machine-learning switch; links we print add `?workflowType=machine_learning`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+ALLOCATION_TABLE = "tables/allocation.json"
+ALLOCATION_COLUMNS = ["key", "delta_entropy", "budget", "explored_steps", "round", "prompt", "reward_mean", "prompt_id",
+                      "base_entropy", "current_entropy"]
 
 
 class TrackingError(RuntimeError):
@@ -63,8 +73,9 @@ def check_tracking(uri: str, attempts: int = 3, delay: float = 1.0) -> None:
 
 def share_s3_endpoint() -> None:
     """MLflow reads its S3 endpoint from MLFLOW_S3_ENDPOINT_URL: default it to aegpo's (one setting for both)."""
-    from aegpo.storage import StorageSettings
+    from aegpo.storage import StorageSettings, quiet_credential_notices
 
+    quiet_credential_notices()  # MLflow's S3 clients log "Found credentials" each, like ours
     endpoint = StorageSettings.from_env().endpoint_url
     if endpoint and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
         os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint
@@ -167,9 +178,12 @@ class Tracker:
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
-                self._experiment_id = self.client.create_experiment(self.experiment, self.artifact_location)
+                self._experiment_id = self.client.create_experiment(self.experiment, self.artifact_location,
+                                                                    tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
             else:
                 self._experiment_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # experiments made before the tag existed (never override a choice)
+                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return self._experiment_id
 
     def find_run(self, tags: dict[str, str], parent_id: str | None = None) -> str | None:
@@ -211,22 +225,74 @@ class Tracker:
 
     def log_round(self, run_id: str, record: dict[str, Any], images: np.ndarray | None = None,
                   media: bool = False) -> None:
-        """Per-round metrics (step = round), the allocation table, and with `media` the Entropy(t) plot and
-        `images` (a batch (N, H, W, 3) or an image grid (H, W, 3)) as the `rollout-samples` image at this step."""
-        r = record["round"]
-        self.log_metrics(run_id, round_metrics(record), step=r)
-        self.client.log_table(run_id, allocation_table(record), f"tables/allocation/round-{r:04d}.json")
+        """Per-round metrics (step = round), the round's rows of the allocation table, and with `media` the
+        Entropy(t) plot and the captioned rollout grid (`images`: a batch (N, H, W, 3), or the stored grid
+        (H, W, 3) of the round's N rollouts) as the `rollout-samples` image at this step."""
+        self.log_metrics(run_id, round_metrics(record), step=record["round"])
+        log_peak_calibration(self.client, run_id, record)  # peak_direction auto: the choice and its evidence
+        self.log_allocation(run_id, record)
         if media:
+            self.log_round_media(run_id, record, images)
+
+    def log_allocation(self, run_id: str, record: dict[str, Any]) -> None:
+        """Append the round's rows to the run's one allocation table (`tables/allocation.json`, shown by the UI's
+        table view with a `round` column); a round logged again (resumed run) replaces its rows."""
+        import pandas as pd
+
+        rows = pd.DataFrame(media.allocation_rows(record), columns=ALLOCATION_COLUMNS)
+        existing = self._read_table(run_id, ALLOCATION_TABLE)
+        if existing is not None and "round" in existing and (existing["round"] == record["round"]).any():
+            kept = existing[existing["round"] != record["round"]]
+            merged = pd.concat([kept, rows], ignore_index=True).sort_values("round", kind="stable")
+            self._write_table(run_id, merged, ALLOCATION_TABLE)
+        else:
+            self.client.log_table(run_id, rows, ALLOCATION_TABLE)  # appends; records the table for the UI
+
+    def log_round_media(self, run_id: str, record: dict[str, Any], images: np.ndarray | None) -> None:
+        """The round's Entropy(t) plot (`plots/entropy_t/round-NNNN.png`) and its captioned rollout grid
+        (image key `rollout-samples`, step = round). Logged once: a second call for the same round does nothing."""
+        r = record["round"]
+        plot = f"plots/entropy_t/round-{r:04d}.png"
+        if plot in self._artifact_paths(run_id, "plots/entropy_t"):
+            return
+        if images is not None:
+            n = sum(p["group_size"] for p in record.get("per_prompt", []))
+            tiles = media.tiles_of(images, n, tile=None) if images.ndim == 3 else images
+            self.client.log_image(run_id, media.rollout_grid(tiles, record), key="rollout-samples", step=r)
+        if record.get("entropy_t") or (record.get("plan") or {}).get("probe_entropy_t"):
             import matplotlib.pyplot as plt
 
             fig = entropy_figure(record)
-            self.client.log_figure(run_id, fig, f"plots/entropy_t/round-{r:04d}.png")
+            self.client.log_figure(run_id, fig, plot)
             plt.close(fig)
-            if images is not None:
-                from aegpo.round_io import image_grid
 
-                grid = image_grid(images) if images.ndim == 4 else images
-                self.client.log_image(run_id, grid, key="rollout-samples", step=r)
+    def log_final_media(self, run_id: str, record: dict[str, Any], images: np.ndarray | None) -> None:
+        """Media of the run's last round, so that every run has an Entropy(t) plot and a sample grid however
+        short it was (skipped when the media cadence already logged that round)."""
+        self.log_round_media(run_id, record, images)
+
+    def _artifact_paths(self, run_id: str, path: str) -> set[str]:
+        return {a.path for a in self.client.list_artifacts(run_id, path)}
+
+    def _read_table(self, run_id: str, artifact_file: str):
+        import tempfile
+
+        import pandas as pd
+
+        if artifact_file not in self._artifact_paths(run_id, str(Path(artifact_file).parent)):
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run_id, artifact_file, tmp)
+            return pd.read_json(local, orient="split")
+
+    def _write_table(self, run_id: str, frame, artifact_file: str) -> None:
+        """Replace a table artifact in MLflow's own table format (`log_table` would append to it)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(artifact_file).name
+            frame.to_json(local, orient="split", index=False, date_format="iso")
+            self.client.log_artifact(run_id, str(local), str(Path(artifact_file).parent))
 
     def log_evaluation(self, parent_id: str | None, label: str, rounds_done: int, result: dict[str, Any],
                        images: np.ndarray | None = None, extra_tags: dict[str, str] | None = None) -> str:
@@ -242,14 +308,24 @@ class Tracker:
         rows = result.get("rows") or []
         if rows:
             self.client.log_table(child, {k: [r.get(k) for r in rows] for k in rows[0]}, "tables/eval_rows.json")
-        if images is not None and len(images):
-            from aegpo.round_io import image_grid
-
-            self.client.log_image(child, image_grid(images), artifact_file="samples/eval_grid.png")
+        grid = None
+        if images is not None and len(images) and rows:
+            headline = ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:2] if k != "nfe")
+            title = f"Evaluation {label} ({rounds_done} rounds): {headline}"
+            grid = media.eval_grid(images, rows, int(result.get("samples_per_prompt", 1)), title=title,
+                                   score_keys=[k for k in metrics if k != "nfe"])
+            self.client.log_image(child, grid, artifact_file="samples/eval_grid.png")
         self.client.set_terminated(child, "FINISHED")
         if parent_id:
             self.log_metrics(parent_id, {f"eval/{k}": v for k, v in metrics.items() if k != "nfe"}, step=rounds_done)
+            if grid is not None and not self._has_image(parent_id, "eval-samples", rounds_done):
+                self.client.log_image(parent_id, grid, key="eval-samples", step=rounds_done)
         return child
+
+    def _has_image(self, run_id: str, key: str, step: int) -> bool:
+        """Whether `log_image(key=key, step=step)` was done on the run (MLflow names the file after both)."""
+        prefix = f"images/{key.replace('/', '~')}+step+{step}+"
+        return any(p.startswith(prefix) for p in self._artifact_paths(run_id, "images"))
 
     def log_checkpoint(self, run_id: str, checkpoint_dir: str | Path) -> None:
         self.client.log_artifacts(run_id, str(checkpoint_dir), "checkpoint")

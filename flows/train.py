@@ -91,11 +91,20 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
                 shutil.copy2(table, tmp / f"{table.parent.name}.parquet")
             for table in sorted(run_path.glob("rounds/round-*/rollouts-rank-*.parquet")):  # multi-process runs
                 shutil.copy2(table, tmp / f"{table.parent.name}-{table.stem.removeprefix('rollouts-')}.parquet")
+    records = load_records(run_path)
+    if spec.mlflow_run_id and records:  # every run ends with an Entropy(t) plot and a sample grid, however short
+        from aegpo.round_io import RunStore, png_array
+
+        store = RunStore(open_storage(spec.storage_uri, spec.project), spec.run_key)
+        key = store.round_key(records[-1]["round"], "images.png")
+        if not store.storage.exists(key):  # a multi-process run: rank 0's share of the round's images
+            key = store.round_key(records[-1]["round"], "images-rank-00.png")
+        grid = png_array(store.storage.get_bytes(key))
+        Tracker(spec.tracking_uri, spec.experiment).log_final_media(spec.mlflow_run_id, records[-1], grid)
     if spec.mlflow_run_id and checkpoint.is_dir():
         tracker = Tracker(spec.tracking_uri, spec.experiment)
         tracker.log_checkpoint(spec.mlflow_run_id, checkpoint)
         tracker.finish(spec.mlflow_run_id)
-    records = load_records(run_path)
     last_eval = next((r["eval"] for r in reversed(records) if r.get("eval")), None)
     base = progress["base_eval"]
     rounds, nfe = progress["round"], progress["nfe"]

@@ -25,7 +25,7 @@ OUT = ROOT / "benchmarks" / "results" / "ablations"
 # variant name → overrides of params.yaml; each changes one definition choice of docs/method.md
 VARIANTS = {
     "peak-high": ["aegpo.peak_direction=high"],          # the paper's reading: explore Entropy(t) maxima
-    "delta-relative": ["aegpo.delta=relative"],          # ΔEntropy ÷ base entropy instead of the difference
+    "delta-absolute": ["aegpo.delta=absolute"],          # the difference instead of ÷ base entropy (our deviation)
     "alloc-proportional": ["aegpo.allocation=proportional"],  # budgets ∝ ΔEntropy instead of the median split
     "k3": ["aegpo.peaks_k=3"],                           # three explored steps instead of four
 }

@@ -2,7 +2,7 @@
 # The main job: set up (if needed) and run the aegpo pipeline on the built-in defaults, then print the
 # before/after eval accuracy and where to look.
 #
-#   bash scripts/main.sh            # dvc repro: prompts → (frozen) base → profile → train → evaluate
+#   bash scripts/main.sh            # dvc repro evaluate: prompts → (frozen) base → train → evaluate
 #   bash scripts/main.sh --flow     # the training flow directly (no DVC), then the evaluation flow
 #
 # Nothing to set up by hand: a Prefect server is started for the duration of the job (its history
@@ -25,7 +25,9 @@ export PATH="$ROOT/.venv/bin:$PATH"
 if [ -z "${PREFECT_API_URL:-}" ]; then
   PORT="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   mkdir -p "$PREFECT_HOME"
-  prefect server start --host 127.0.0.1 --port "$PORT" > "$PREFECT_HOME/server.log" 2>&1 &
+  # The UI asks PREFECT_UI_API_URL for its API, else 127.0.0.1:4200 whatever --port says ("Can't connect").
+  PREFECT_UI_API_URL="http://127.0.0.1:$PORT/api" \
+    prefect server start --host 127.0.0.1 --port "$PORT" > "$PREFECT_HOME/server.log" 2>&1 &
   SERVER_PID=$!
   trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
   export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
@@ -35,14 +37,14 @@ if [ -z "${PREFECT_API_URL:-}" ]; then
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$PREFECT_HOME/server.log"; exit 1; }
     sleep 0.5
   done
-  echo "Prefect server for this job: ${PREFECT_API_URL%/api}"
+  echo "Prefect server for this job (UI while it runs): ${PREFECT_API_URL%/api}"
 fi
 
 if [ "${1:-}" = "--flow" ]; then
   python -m aegpo.cli pipeline train --export artifacts/train --reports reports
   python -m aegpo.cli pipeline evaluate --checkpoint artifacts/train/checkpoint --out reports/eval.json
 else
-  dvc repro
+  dvc repro evaluate  # not the `profile` stage: training profiles what it needs (the full profile is for spare GPUs)
 fi
 
 python - <<'PY'
@@ -53,19 +55,27 @@ train = json.loads(Path("reports/train_metrics.json").read_text())
 final = json.loads(Path("reports/eval.json").read_text())
 base = train.get("base_eval") or {}
 print(f"\n== aegpo ({train['strategy']}): {train['rounds']} rounds, {train['nfe']} denoiser evaluations ==")
-for key in ("strict", "dense"):
+for key in [k for k in final if k != "eval_nfe"]:  # the reward's metrics, headline first
     before = base.get(key)
-    print(f"eval {key:6s} accuracy: {before if before is None else f'{before:.3f}'} (base) -> {final[key]:.3f} (trained)")
+    print(f"eval {key:6s}: {before if before is None else f'{before:.3f}'} (base) -> {final[key]:.3f} (trained)")
 PY
+# The experiment's id for a direct link (MLflow 3's UI opens its GenAI view unless the link says workflowType).
+EXP="$(python -c 'import sqlite3; print(sqlite3.connect("mlflow.db").execute(
+    "select experiment_id from experiments where name = '"'aegpo'"'").fetchone()[0])' 2>/dev/null || true)"
 cat <<EOF
 
-Where to look:
-  MLflow UI    .venv/bin/mlflow ui --backend-store-uri sqlite:///$ROOT/mlflow.db   → http://127.0.0.1:5000
-               (experiment "aegpo": reward and eval curves, ΔEntropy tables, Entropy(t) plots, samples)
-  DVC          .venv/bin/dvc metrics show; .venv/bin/dvc plots show   → dvc_plots/index.html
-  Prefect UI   PREFECT_HOME=$PREFECT_HOME .venv/bin/prefect server start   → http://127.0.0.1:4200
-               (flow runs aegpo-train / round-NNNN with their states, artifacts "aegpo-round-summary",
-               "aegpo-entropy-allocation", "aegpo-run-summary")
+Where to look (with the venv active: source .venv/bin/activate):
+  MLflow UI    mlflow ui --backend-store-uri sqlite:///$ROOT/mlflow.db
+               → http://127.0.0.1:5000/#/experiments/${EXP:-0}/runs?workflowType=machine_learning
+               (the training view; experiment "aegpo": reward and eval curves, the allocation table, Entropy(t)
+               plots, captioned sample grids, the LoRA checkpoint)
+  DVC          dvc metrics show; dvc plots show (→ dvc_plots/index.html, works offline)
+               dvc exp show --only-changed --drop 'Created|State|Executor' --md \\
+                 --keep 'strict|dense|base_eval\.strict|nfe|train\.strategy|train\.rounds'
+  Prefect UI   PREFECT_HOME=$PREFECT_HOME PREFECT_UI_API_URL=http://127.0.0.1:4200/api prefect server start --port 4200
+               → http://127.0.0.1:4200 (another port: set PREFECT_UI_API_URL to match, else the UI shows
+               "Can't connect to Server API"). Flow runs aegpo-train / round-NNNN with their states, artifacts
+               "aegpo-round-summary", "aegpo-entropy-allocation", "aegpo-run-summary"
   Files        reports/ (metrics, plot CSVs), artifacts/train/ (LoRA checkpoint, rollouts tables),
                runs/train/<strategy>-<fingerprint>/ (rounds, evals, resumable state)
 EOF

@@ -6,7 +6,7 @@ from aegpo.config import load_params
 from aegpo.profile import EntropyProfile
 from aegpo.strategies.base import RoundContext
 from aegpo.strategies.registry import STRATEGIES, build_strategy
-from aegpo.tables import PROFILE_SCHEMA, read_metadata, read_table
+from aegpo.tables import PROFILE_SCHEMA, read_table
 from aegpo.trainer import Trainer
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
@@ -31,28 +31,35 @@ def test_each_strategy_runs_one_round(tiny_base, tmp_path, strategy):
              "aegpo_global": (4, 2), "aegpo_local": (2, 2), "aegpo": (2, 2)}[strategy]
     assert (record["sde_steps_per_sample"], record["train_steps_per_sample"]) == steps
     if strategy in ("aegpo", "aegpo_local", "aegpo_global"):
-        assert record["probe_nfe"] == 3 * 5 and "base_entropy" in record["plan"]
+        # this round's probe of the current policy + the lazy base probe of the 3 prompts it sees first
+        assert record["probe_nfe"] == 2 * 3 * 5 and "base_entropy" in record["plan"]
+        assert record["plan"]["base_probe_nfe"] == 3 * 5 and record["seconds_to_first_round"] > 0
     if strategy in ("aegpo", "aegpo_local"):
         assert all(len(s) == 2 and max(s) < 4 for s in record["plan"]["chosen_steps"])
     if strategy in ("aegpo", "aegpo_global"):
         assert len(record["plan"]["delta_entropy"]) == 3 and max(record["plan"]["delta_entropy"]) < 1e-5  # round 0: policy = base
 
 
-def test_base_profile_is_cached_and_matches_schema(tiny_base, tmp_path):
+def test_base_profile_is_lazy_cached_per_prompt_and_matches_schema(tiny_base, tmp_path):
     t1 = Trainer(_params(tiny_base, tmp_path, "aegpo"), TRAIN, EVAL, progress=False)
-    path = t1.base_profile_path
-    table = read_table(path, PROFILE_SCHEMA)
-    assert table.num_rows == len(TRAIN) * 5 * 2  # prompts × steps × layers
-    meta = read_metadata(path)
-    mtime = path.stat().st_mtime_ns
-    t2 = Trainer(_params(tiny_base, tmp_path, "aegpo_local", "train.out_dir=" + str(tmp_path / "x")), TRAIN, EVAL, progress=False)
-    assert t2.base_profile_path == path and path.stat().st_mtime_ns == mtime  # reused, not recomputed
+    store = t1.base_profile_path
+    assert not store.exists()  # nothing is probed before a round needs it
+    r1 = t1.run_round()
+    shards = sorted(store.glob("part-*.parquet"))
+    assert len(shards) == 1 and read_table(shards[0], PROFILE_SCHEMA).num_rows == 3 * 5 * 2  # prompts × steps × layers
+    assert t1.base_profile.computed_nfe == 15 and r1["plan"]["base_probe_nfe"] == 15
+    mtime = shards[0].stat().st_mtime_ns
+    t2 = Trainer(_params(tiny_base, tmp_path, "aegpo_local", "train.out_dir=" + str(tmp_path / "x")), TRAIN, EVAL,
+                 progress=False)
+    r2 = t2.run_round()  # same seed: the same 3 prompts, read from the store
+    assert t2.base_profile_path == store and t2.base_profile.computed_nfe == 0 and shards[0].stat().st_mtime_ns == mtime
+    assert r2["plan"]["base_probe_nfe"] == 15  # charged as a fresh run would pay, cached or not
     t3 = Trainer(_params(tiny_base, tmp_path, "aegpo", "aegpo.probe_seed=7", "train.out_dir=" + str(tmp_path / "y")),
                  TRAIN, EVAL, progress=False)
-    assert t3.base_profile_path != path  # probe parameters are part of the key
-    assert meta["cache_key"] != read_metadata(t3.base_profile_path)["cache_key"]
-    prof = EntropyProfile.from_table(table)
-    np.testing.assert_allclose(prof.entropy_t(TRAIN), t1.base_profile.entropy_t(TRAIN), rtol=1e-6)
+    assert t3.base_profile_path != store  # probe parameters are part of the key
+    prof = EntropyProfile.from_table(read_table(shards[0], PROFILE_SCHEMA))
+    seen = [p for p in TRAIN if p in prof.layers]
+    np.testing.assert_allclose(prof.entropy_t(seen), t1.base_profile.entropy_t(seen), rtol=1e-6)
 
 
 def _ctx(params, entropy, base):
@@ -75,7 +82,7 @@ def test_aegpo_allocates_by_delta_entropy_and_explores_peaks(tiny_base, tmp_path
     plan = build_strategy(params).plan_round(_ctx(params, current, base))
     assert plan.group_sizes == [8, 4, 8, 4] and sum(plan.group_sizes) == 24
     assert plan.info["chosen_steps"][0] == [1, 3]  # top-2 of steps 0..3 (the last step is never explored)
-    assert plan.probe_nfe == 20
+    assert plan.probe_nfe == 20 + 20 and plan.info["base_probe_nfe"] == 20  # current probe + first-use base probe
     rel = build_strategy(_params(tiny_base, tmp_path, "aegpo_global", "aegpo.delta=relative")).plan_round(
         _ctx(params, current, [[0.5] * 5, [1.0] * 5, [4.0] * 5, [1.0] * 5]))
     np.testing.assert_allclose(rel.info["delta_entropy"][2], abs(2.0 - 4.0) / 4.0)

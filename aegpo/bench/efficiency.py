@@ -11,8 +11,13 @@ Outputs in `--out DIR`:
 - `table.md`: NFE to the target (default: halfway from the base's accuracy to the best final
   mean accuracy seen; none when no final mean is above the base), final accuracy mean ± std
   over seeds, wall time;
-- `summary.json`: per strategy `nfe_to_target`, `final_strict_mean`, `final_strict_std`, `seeds`, …
-- `runs/<strategy>-s<seed>/`: each run's round logs (resumable: an interrupted benchmark continues).
+- `summary.json`: per row `nfe_to_target` (mean) and `nfe_to_target_per_seed`, `final_strict_mean`,
+  `final_strict_std`, `time_to_first_round_s_per_seed` (model loading, calibration and round 0), `seeds`, …
+- `runs/<row>-s<seed>/`: each run's round logs (resumable: an interrupted benchmark continues).
+
+Rows (`--strategies`, comma-separated) are strategies (`aegpo`) or named variants
+`name=strategy+key=value+key=value` with parameter overrides in the `-S` grammar, e.g.
+`aegpo_auto=aegpo+aegpo.peak_direction=auto` beside `aegpo`; a variant's name labels its curves.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import csv
 import json
 import logging
 import platform
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +40,36 @@ from aegpo.io_utils import atomic_write_json, atomic_write_text
 from aegpo.prompt_files import read_prompt_file
 
 log = logging.getLogger(__name__)
-CSV_FIELDS = ("strategy", "seed", "round", "nfe", "strict", "dense", "train_reward", "wall_seconds")
+CSV_FIELDS = ("strategy", "seed", "round", "nfe", "strict", "dense", "train_reward", "wall_seconds",
+              "first_round_seconds")
+ROW_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def parse_rows(text: str) -> tuple[list[str], dict[str, tuple[str, list[str]]]]:
+    """`grpo,aegpo,aegpo_auto=aegpo+aegpo.peak_direction=auto` → (row names, {name: (strategy, overrides)})."""
+    from aegpo.strategies.registry import STRATEGIES
+
+    names: list[str] = []
+    variants: dict[str, tuple[str, list[str]]] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            raise ValueError(f"--strategies: empty row in {text!r}")
+        head, *overrides = item.split("+")
+        name, strategy = head.split("=", 1) if "=" in head else (head, head)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"--strategies: row {item!r}: unknown strategy {strategy!r} (expected one of "
+                             f"{sorted(STRATEGIES)})")
+        if not ROW_NAME.match(name):
+            raise ValueError(f"--strategies: row name {name!r} may hold letters, digits, '_', '.', '-' only")
+        if name in names:
+            raise ValueError(f"--strategies: row {name!r} appears twice")
+        bad = [o for o in overrides if "=" not in o or o.startswith(("train.strategy=", "seed="))]
+        if bad:
+            raise ValueError(f"--strategies: row {item!r}: overrides must be key=value (not train.strategy or "
+                             f"seed), got {bad}")
+        names.append(name)
+        variants[name] = (strategy, overrides)
+    return names, variants
 
 
 @dataclass
@@ -45,6 +80,11 @@ class BenchSpec:
     eval_every_nfe: int
     target: float | None = None  # absolute strict accuracy; None = halfway base → best final
     jobs: int = 1  # runs in parallel (processes); each gets cpus // jobs torch threads
+    variants: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # row name → (strategy, overrides)
+
+    def row(self, name: str) -> tuple[str, list[str]]:
+        """(strategy, parameter overrides) of row `name` (a plain strategy has none)."""
+        return self.variants.get(name, (name, []))
 
 
 def run_one(params: Params, spec: BenchSpec, out: Path, strategy: str, seed: int, base_eval: dict[str, Any],
@@ -52,33 +92,46 @@ def run_one(params: Params, spec: BenchSpec, out: Path, strategy: str, seed: int
     """Train one (strategy, seed) to the NFE budget; returns its curve rows (cached on disk)."""
     from aegpo.trainer import Trainer
 
-    run_dir = out / "runs" / f"{strategy}-s{seed}"
+    name = strategy  # the row's name; its strategy and overrides come from the spec
+    run_dir = out / "runs" / f"{name}-s{seed}"
     done = run_dir / "curve.json"
     if done.is_file():
         return json.loads(done.read_text())
-    p = params_from_dict(apply_overrides(params.model_dump(mode="json"), [
-        f"seed={seed}", f"train.strategy={strategy}", f"train.out_dir={run_dir}", "train.rounds=1000000",
-        "train.eval_every=0", "train.eval_base=false", "train.save_every=1000000"]), f"bench run {strategy}")
+    p = row_params(params, spec, name, seed, run_dir)
+    t0 = time.perf_counter()  # time to first round: from here (model loading, calibration) to the end of round 0
     trainer = Trainer(p, train_prompts, eval_prompts, progress=False)
-    rows = [{"strategy": strategy, "seed": seed, "round": 0, "nfe": 0, "strict": base_eval["strict"],
+    rows = [{"strategy": name, "seed": seed, "round": 0, "nfe": 0, "strict": base_eval["strict"],
              "dense": base_eval["dense"], "train_reward": float("nan"), "wall_seconds": 0.0}]
     start = time.perf_counter()
     next_eval = spec.eval_every_nfe
+    first_round = None
     while True:
         record = trainer.run_round()
+        if first_round is None:
+            first_round = round(time.perf_counter() - t0, 2)
         finished = trainer.nfe >= spec.nfe_budget
         if trainer.nfe >= next_eval or finished:
             ev = trainer.evaluate()
-            rows.append({"strategy": strategy, "seed": seed, "round": trainer.round, "nfe": trainer.nfe,
+            rows.append({"strategy": name, "seed": seed, "round": trainer.round, "nfe": trainer.nfe,
                          "strict": ev["strict"], "dense": ev["dense"], "train_reward": record["reward_mean"],
                          "wall_seconds": round(time.perf_counter() - start, 2)})
-            log.info("%s seed %d: round %d nfe %d strict %.3f", strategy, seed, trainer.round, trainer.nfe, ev["strict"])
+            log.info("%s seed %d: round %d nfe %d strict %.3f", name, seed, trainer.round, trainer.nfe, ev["strict"])
             while next_eval <= trainer.nfe:
                 next_eval += spec.eval_every_nfe
         if finished:
             break
+    for r in rows:
+        r["first_round_seconds"] = first_round
     atomic_write_json(done, rows)
     return rows
+
+
+def row_params(params: Params, spec: BenchSpec, name: str, seed: int, run_dir: Path) -> Params:
+    """The parameters of one run of row `name`: the row's overrides, then the benchmark's own settings."""
+    strategy, overrides = spec.row(name)
+    return params_from_dict(apply_overrides(params.model_dump(mode="json"), [
+        *overrides, f"seed={seed}", f"train.strategy={strategy}", f"train.out_dir={run_dir}", "train.rounds=1000000",
+        "train.eval_every=0", "train.eval_base=false", "train.save_every=1000000"]), f"bench row {name}")
 
 
 def nfe_to_reach(curve: list[dict[str, Any]], target: float) -> float:
@@ -112,7 +165,12 @@ def summarize(rows: list[dict[str, Any]], spec: BenchSpec, base_strict: float) -
         reach = [nfe_to_reach(by_run[(s, seed)], target) if target is not None else float("inf") for seed in spec.seeds]
         finite = [x for x in reach if np.isfinite(x)]
         final = [finals[(s, seed)]["strict"] for seed in spec.seeds]
+        first = [finals[(s, seed)].get("first_round_seconds") for seed in spec.seeds]
+        strategy, overrides = spec.row(s)
         out["strategies"][s] = {
+            "strategy": strategy, "overrides": overrides,
+            "time_to_first_round_s_per_seed": first,
+            "time_to_first_round_s_mean": float(np.mean(first)) if all(x is not None for x in first) else None,
             "nfe_to_target": float(np.mean(finite)) if len(finite) == len(reach) else None,
             "nfe_to_target_per_seed": [x if np.isfinite(x) else None for x in reach],
             "reached_target": f"{len(finite)}/{len(reach)}",
@@ -130,12 +188,18 @@ def table_markdown(summary: dict[str, Any]) -> str:
     head = (f"Target: eval strict accuracy {target:.3f}" if target is not None
             else "No target: no strategy's final mean is above the base")
     lines = [f"{head} (base {summary['base_strict']:.3f}, best final mean {summary['best_final_mean']:.3f})", "",
-             "| strategy | NFE to target (mean) | reached | final strict (mean ± std) | final dense | wall time / run |",
-             "|---|---|---|---|---|---|"]
+             ("| row | NFE to target (mean) | per seed | reached | final strict (mean ± std) | final dense "
+              "| time to first round | wall time / run |"),
+             "|---|---|---|---|---|---|---|---|"]
     for s, v in summary["strategies"].items():
         nfe = f"{v['nfe_to_target']:,.0f}" if v["nfe_to_target"] is not None else "not reached by all seeds"
-        lines.append(f"| {s} | {nfe} | {v['reached_target']} | {v['final_strict_mean']:.3f} ± {v['final_strict_std']:.3f} "
-                     f"| {v['final_dense_mean']:.3f} | {v['wall_seconds_mean'] / 60:.1f} min |")
+        per_seed = " / ".join(f"{x:,.0f}" if x is not None else "—" for x in v["nfe_to_target_per_seed"])
+        first = v.get("time_to_first_round_s_mean")
+        first = f"{first:.1f} s" if first is not None else "—"
+        label = s if not v.get("overrides") else f"{s} (`{v['strategy']}` + {' '.join(v['overrides'])})"
+        lines.append(f"| {label} | {nfe} | {per_seed} | {v['reached_target']} | {v['final_strict_mean']:.3f} ± "
+                     f"{v['final_strict_std']:.3f} | {v['final_dense_mean']:.3f} | {first} | "
+                     f"{v['wall_seconds_mean'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 
 
@@ -188,6 +252,8 @@ def run_efficiency(params: Params, spec: BenchSpec, out: str | Path) -> dict[str
                              shift=params.sampler.shift, batch_size=e.batch_size)
         base_eval.pop("images")
         atomic_write_json(base_path, base_eval)
+    for name in spec.strategies:  # a bad override fails here, before any run
+        row_params(params, spec, name, spec.seeds[0], out / "runs" / f"{name}-s{spec.seeds[0]}")
     # seed-major order: an interrupted benchmark has already covered every strategy on the first seeds
     pairs = [(strategy, seed) for seed in spec.seeds for strategy in spec.strategies]
     args = (params, spec, out)

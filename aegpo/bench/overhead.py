@@ -115,7 +115,9 @@ def run_overhead(params: Params, out: str | Path, num_prompts: int = 32, repeats
         for name in times:
             rollout(name)
     k = min(params.aegpo.peaks_k, s.num_steps - 1)
-    direction = params.aegpo.peak_direction  # overlap of the steps the local level would choose
+    # overlap of the steps the local level would choose; `auto` is resolved only by training's calibration, so
+    # it is measured here on the paper's maxima
+    direction = params.aegpo.peak_direction if params.aegpo.peak_direction != "auto" else "high"
 
     def chosen(e):
         return select_steps(e, k, direction=direction)

@@ -82,7 +82,19 @@ def test_plots_and_metrics_refer_to_columns_the_reports_write(reports):
             for col in [props["x"], *([columns] if isinstance(columns, str) else columns)]:
                 assert col in header, f"{path} has no column {col!r}"
     metrics = json.loads((reports / "reports" / "train_metrics.json").read_text())
-    assert metrics["eval"]["strict"] == 0.2 and metrics["base_eval"]["strict"] == 0.1 and metrics["nfe"] == 200
+    assert metrics["base_eval"]["strict"] == 0.1 and metrics["nfe"] == 200
+    assert "eval" not in metrics  # the final accuracy is the evaluate stage's (reports/eval.json): one name each
+
+
+def test_each_metric_has_one_name_in_dvc_metrics_show(reports):
+    """train_metrics.json and the evaluate stage's eval.json share no figure (e.g. base_eval.strict vs base_strict)."""
+    from flows.evaluate import out_metrics
+
+    train = json.loads((reports / "reports" / "train_metrics.json").read_text())
+    assert set(train) == {"strategy", "rounds", "nfe", "reward_mean", "base_eval"}, sorted(train)
+    assert set(train["base_eval"]) == {"strict", "dense", "reward"}
+    result = {"metrics": {"strict": 0.3, "dense": 0.5, "reward": 0.4}, "eval_nfe": 800, "train_nfe": 9, "train_rounds": 2}
+    assert set(out_metrics(result)) == {"strict", "dense", "reward", "eval_nfe"}
 
 
 def test_dvc_plots_show_renders(reports, monkeypatch):
@@ -97,3 +109,48 @@ def test_dvc_plots_show_renders(reports, monkeypatch):
     for title in ("Reward per round", "Eval accuracy", "Entropy allocation"):
         assert title in html
     assert '"delta_entropy": "0.05"' in html  # the report's data is embedded
+
+
+def test_dvc_plots_show_needs_no_network(reports, monkeypatch):
+    """The page carries Vega itself (.dvc/plots/offline.html, scripts/vendor_vega.py): no CDN, renders offline."""
+    import re
+
+    from dvc.cli import main as dvc_main
+    from dvc_render.vega import VegaRenderer
+
+    spec = importlib.util.spec_from_file_location("vendor_vega", REPO / "scripts" / "vendor_vega.py")
+    vendor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vendor)
+    cdn = dict(re.findall(r"npm/([a-z-]+)@([\d.]+)", VegaRenderer.SCRIPTS))
+    assert cdn == vendor.PACKAGES, "dvc-render moved to other Vega versions: rerun scripts/vendor_vega.py"
+
+    shutil.copy(REPO / "dvc.yaml", reports / "dvc.yaml")
+    shutil.copy(REPO / "params.yaml", reports / "params.yaml")
+    monkeypatch.chdir(reports)
+    assert dvc_main(["init", "--no-scm", "-q"]) == 0
+    shutil.copy(REPO / ".dvc" / "config", reports / ".dvc" / "config")
+    shutil.copytree(REPO / ".dvc" / "plots", reports / ".dvc" / "plots")
+    assert dvc_main(["plots", "show", "-o", "dvc_plots"]) == 0
+    html = (reports / "dvc_plots" / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=", html) and "cdn.jsdelivr" not in html
+    for name, version in vendor.PACKAGES.items():
+        assert f"/* {name} {version} */" in html
+    assert html.count("vegaEmbed('#") == len(DVC["plots"]) and "Reward per round" in html
+
+
+def test_checkpoint_json_changes_with_any_checkpoint_file(reports):
+    """reports/checkpoint.json is what the evaluate stage depends on in place of the (cache-only) checkpoint."""
+    run, out = reports / "run", reports / "reports"
+    assert not (out / "checkpoint.json").exists()  # no checkpoint, no digest
+    (run / "checkpoint").mkdir()
+    (run / "checkpoint" / "manifest.json").write_text("{}")
+    (run / "checkpoint" / "adapter.safetensors").write_bytes(b"\0" * 64)
+    write_reports(run, out, "aegpo")
+    first = json.loads((out / "checkpoint.json").read_text())
+    assert sorted(first["files"]) == ["adapter.safetensors", "manifest.json"] and len(first["sha256"]) == 64
+    (run / "checkpoint" / "adapter.safetensors").write_bytes(b"\0" * 63 + b"\1")
+    write_reports(run, out, "aegpo")
+    second = json.loads((out / "checkpoint.json").read_text())
+    assert second["sha256"] != first["sha256"] and second["files"]["manifest.json"] == first["files"]["manifest.json"]
+    assert "reports/checkpoint.json" in DVC["stages"]["evaluate"]["deps"]
+    assert not any(d.startswith("artifacts/") for s in DVC["stages"].values() for d in s.get("deps", []))

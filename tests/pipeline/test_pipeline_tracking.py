@@ -39,11 +39,12 @@ def test_runs_are_reused_by_tags_and_children_by_label(mlflow_db, tmp_path):
     tracker = Tracker(mlflow_db, "exp", (tmp_path / "mlruns").as_uri())
     tags = {"aegpo.run_dir": "runs/train/x", "aegpo.fingerprint": "f" * 64, "aegpo.kind": "training"}
     parent = tracker.start_training_run("x", tags, {"train.rounds": 3, "model.lora.rank": 4}, {"train": {}})
-    tracker.log_round(parent, RECORD, np.zeros((2, 8, 8, 3), np.uint8), media=True)
+    tracker.log_round(parent, RECORD, np.zeros((6, 8, 8, 3), np.uint8), media=True)
     tracker.finish(parent, "FAILED")
     assert tracker.start_training_run("x", tags, {}, {}) == parent  # a resumed run continues its curves
     assert tracker.start_training_run("x", {**tags, "aegpo.fingerprint": "e" * 64}, {}, {}) != parent
-    result = {"strict": 0.25, "dense": 0.5, "reward": 0.4, "nfe": 10, "rows": [{"prompt": "p", "reward": 0.4}]}
+    result = {"strict": 0.25, "dense": 0.5, "reward": 0.4, "nfe": 10, "rows": [{"prompt": "p", "reward": 0.4}],
+              "samples_per_prompt": 2}
     child = tracker.log_evaluation(parent, "round-0003", 3, result, np.zeros((2, 8, 8, 3), np.uint8))
     assert tracker.log_evaluation(parent, "round-0003", 3, result) == child
     client = MlflowClient(mlflow_db)
