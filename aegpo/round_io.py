@@ -45,7 +45,8 @@ from aegpo.tables import (EVAL_ROWS_SCHEMA, ROLLOUT_SCHEMA, ROUND_REWARD_SCHEMA,
                           to_parquet_bytes, with_metadata, with_parts)
 
 GRID_COLUMNS = 16
-RESUMABLE_PREFIXES = ("train.rounds", "train.eval_every", "train.save_every", "eval.")  # = Trainer.RESUME_MAY_CHANGE
+RESUMABLE_PREFIXES = ("train.rounds", "train.eval_every", "train.save_every", "eval.", "train.nproc",
+                      "train.dist_timeout", "train.data_parallel")  # = Trainer.RESUME_MAY_CHANGE
 
 
 # ----- run identity -------------------------------------------------------------------------------
