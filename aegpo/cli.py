@@ -48,14 +48,65 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def _add_launch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", default=None, metavar="N|auto",
+                   help="ranks on this node (default: train.nproc); >1 re-launches under torchrun (auto: the GPUs)")
+    p.add_argument("--nnodes", default="1", help="nodes of the run (torchrun --nnodes; needs --rdzv-endpoint)")
+    p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                   help="c10d rendezvous every node reaches (several nodes; docs/pipeline.md)")
+    p.add_argument("--rdzv-id", default="aegpo", help="rendezvous id shared by the nodes of one run")
+    p.add_argument("--node-rank", type=int, default=None, help="this node's rank (optional with c10d)")
+
+
+def _relaunch(args, params) -> list[str] | None:
+    """The torchrun command that runs this same command on N ranks, or None to run here (one rank, or a rank)."""
+    from aegpo import distributed
+
+    if distributed.launched_by_torchrun():
+        return None
+    nproc = distributed.resolve_nproc(args.nproc if args.nproc is not None else params.train.nproc,
+                                      params.model.device)
+    if nproc == 1 and args.nnodes in ("1", "1:1") and not args.rdzv_endpoint:
+        return None
+    distributed.check_devices(nproc, params.model.device)
+    launch = distributed.Launch(nproc, args.nnodes, args.rdzv_endpoint, args.rdzv_id, args.node_rank)
+    return launch.command(["aegpo.cli", *_without_launch_options(args.argv)])
+
+
+LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--node-rank")
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
+    """The command line the ranks run: torchrun's argument parser would take `--nproc` for its own option."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(o + "=" for o in LAUNCH_OPTIONS)):
+            out.append(arg)
+    return out
+
+
 def cmd_train(args) -> int:
+    from aegpo import distributed
     from aegpo.eval_metrics import before_after_lines
     from aegpo.prompt_files import read_prompt_file
     from aegpo.trainer import Trainer
 
     params = _params(args)
-    trainer = Trainer(params, read_prompt_file(params.train.prompts), read_prompt_file(params.eval.prompts))
-    result = trainer.run()
+    command = _relaunch(args, params)
+    if command is not None:
+        print("launching: " + " ".join(command), file=sys.stderr, flush=True)
+        os.execv(command[0], command)  # torchrun takes this process's place (signals reach it directly)
+    try:
+        trainer = Trainer(params, read_prompt_file(params.train.prompts), read_prompt_file(params.eval.prompts))
+        result = trainer.run()
+    finally:
+        distributed.teardown()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for the run
     after = next((h.eval for h in reversed(result["history"]) if h.eval), None)
     print(f"\ntrained {result['rounds']} rounds ({params.train.strategy}), {result['nfe']} denoiser evaluations")
     _print_aegpo_choices(trainer, result)
@@ -295,8 +346,20 @@ def cmd_tiny(args) -> int:
     return 0
 
 
+def cmd_bench_scaling(args) -> int:
+    from aegpo.bench.scaling import run_scaling
+
+    ranks = [int(x) for x in args.ranks.split(",")]
+    params_path = args.params if Path(args.params).is_file() or args.params != "params.yaml" else None
+    summary = run_scaling(params_path, args.set, args.out, ranks, args.rounds)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"machine: {summary['machine']}")
+    print(f"results: {args.out}/(summary.json, table.md)")
+    return 0
+
+
 # ----- pipeline: the Prefect flows of flows/ (needs the [pipeline] extra) -----------------------------
-PIPELINE_ERRORS = ("StorageError", "TrackingError", "RunInUseError", "RoundsRejectedError")
+PIPELINE_ERRORS = ("StorageError", "TrackingError", "RunInUseError", "RoundsRejectedError", "DistributedError")
 
 
 def _pipeline_prepare(args):
@@ -328,7 +391,7 @@ def cmd_pipeline_train(args) -> int:
     with temporary_server():
         s = train_flow(args.params, args.set, args.project_dir, run_dir=args.run_dir, base_profile=args.base_profile,
                        export_dir=args.export, reports_dir=args.reports, experiment=args.experiment,
-                       media_every=args.media_every)
+                       media_every=args.media_every, nproc=args.nproc)
     from aegpo.eval_metrics import before_after_lines
 
     print(f"\ntrained {s['rounds']} rounds ({s['strategy']}), {s['nfe']} denoiser evaluations; run {s['run_dir']}")
@@ -418,6 +481,8 @@ def add_pipeline_parser(sub) -> None:
     q.add_argument("--reports", default=None, help="write DVC metrics and plot CSVs here")
     q.add_argument("--experiment", default="aegpo", help="MLflow experiment")
     q.add_argument("--media-every", type=int, default=0, help="MLflow plots/samples every N rounds")
+    q.add_argument("--nproc", default=None, metavar="N|auto",
+                   help="processes of the run on this machine (default: train.nproc); >1 starts torchrun")
     q.set_defaults(pipeline_func=cmd_pipeline_train)
 
     q = psub.add_parser("evaluate", help="the evaluation flow for a checkpoint")
@@ -446,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="RL fine-tuning (train.strategy picks grpo, aegpo, ...)")
     _add_params(p)
+    _add_launch(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate images for one prompt")
@@ -524,6 +590,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="default: model.checkpoint (the shipped base)")
     p.set_defaults(func=cmd_inspect_census)
 
+    p = bsub.add_parser("scaling", help="data-parallel training on 1 vs N CPU ranks: images/s and weight difference")
+    _add_params(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--ranks", default="1,2", help="world sizes to run (the first is the reference)")
+    p.add_argument("--rounds", type=int, default=4, help="rounds per run (the first is a warm-up)")
+    p.set_defaults(func=cmd_bench_scaling)
+
     add_pipeline_parser(sub)
 
     p = sub.add_parser("tiny", help="write a tiny random-weight sd3/flux pipeline or pickscore reward folder")
@@ -536,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from aegpo.io_utils import shorten
 
@@ -560,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
 # Errors whose message is the whole story (matched by class name: checking them must not import torch).
 USER_ERRORS = ("ParamsError", "PromptFileError", "CheckpointError", "CorruptFileError", "RunInUseError",
                "FileNotFoundError", "KeyError", "ValueError", "StorageError", "TrackingError", "WriteError",
-               "RoundsRejectedError")
+               "RoundsRejectedError", "DistributedError")
 
 
 def _message(err: BaseException) -> str:

@@ -109,6 +109,28 @@ class TrainParams(Section):
     max_rejected_rounds: StrictInt = Field(
         3, ge=1, description="Stop the run after this many rounds in a row were rejected for a NaN/inf reward, "
         "advantage, loss, gradient or weight (a rejected round trains nothing and writes no state).")
+    nproc: int | Literal["auto"] = Field(
+        1, description="Processes (ranks) of one run on each node, launched by torchrun (aegpo.distributed): the "
+        "round's prompt groups are split across them and gradients summed; auto = the visible GPUs (1 on CPU). "
+        "The result does not depend on it, so a run may resume with another count.")
+    data_parallel: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="How ranks sum gradients: ddp (every rank holds the weights; all-reduce of the trainable "
+        "ones), fsdp (FSDP2 fully_shard per transformer block: weights, gradients and AdamW state sharded), auto = "
+        "fsdp for full fine-tuning of sd3/flux, ddp otherwise. Unused on one rank.")
+    dist_timeout: float = Field(
+        1800.0, gt=0, description="Seconds a rank waits in a collective (e.g. for rank 0's checkpoint) before the "
+        "run fails; a dead rank then stops the others instead of hanging them.")
+
+    @model_validator(mode="after")
+    def _check_nproc(self) -> TrainParams:
+        if self.data_parallel == "fsdp" and self.ema_decay:
+            raise ValueError("data_parallel: fsdp shards the weights; train.ema_decay needs ddp (or 0)")
+        if self.nproc != "auto" and self.nproc < 1:
+            raise ValueError(f"nproc: expected a process count >= 1 or auto, got {self.nproc}")
+        if self.nproc != "auto" and self.nproc > self.prompts_per_round:
+            raise ValueError(f"nproc: {self.nproc} ranks but prompts_per_round={self.prompts_per_round}; every rank "
+                             "needs at least one whole prompt group")
+        return self
 
 
 class EntropyParams(Section):

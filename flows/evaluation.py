@@ -126,7 +126,7 @@ def _reusable_eval(spec: EvalSpec, params: Params, meta: dict[str, Any], storage
 def evaluate_checkpoint(spec: EvalSpec, label: str, reuse: bool = True) -> dict[str, Any]:
     """Evaluate the checkpoint; store rows and images; log an MLflow (child) run."""
     from aegpo.checkpoint import load_policy
-    from aegpo.device import resolve_device
+    from aegpo.distributed import resolve_device
     from aegpo.eval_metrics import eval_summary
     from aegpo.evaluate import evaluate
     from aegpo.rewards.registry import reward_from_params

@@ -52,7 +52,8 @@ from aegpo.tables import (
 from flows.storage import Storage, StoredObject
 
 GRID_COLUMNS = 16
-RESUMABLE_PREFIXES = ("train.rounds", "train.eval_every", "train.save_every", "eval.")  # = Trainer.RESUME_MAY_CHANGE
+RESUMABLE_PREFIXES = ("train.rounds", "train.eval_every", "train.save_every", "eval.", "train.nproc",
+                      "train.dist_timeout", "train.data_parallel")  # = Trainer.RESUME_MAY_CHANGE
 
 
 # ----- run identity -------------------------------------------------------------------------------

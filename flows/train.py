@@ -15,12 +15,18 @@ other parameters start a new one beside it.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from aegpo import distributed
 from aegpo.config import flatten, split_override
 from aegpo.eval_metrics import eval_summary, metric_names
 from aegpo.io_utils import atomic_directory
@@ -28,7 +34,7 @@ from aegpo.strategies.registry import strategy_class
 from flows._prefect import flow_run_id, publish_markdown, run_logger
 from flows.progress import RoundProgress
 from flows.reports import load_records, write_reports
-from flows.session import drop_session, session_for
+from flows.session import drop_session
 from flows.spec import RunSpec, artifact_location, prepare_run, resolve, run_tags
 from flows.storage import open_storage, redact_url
 from flows.tasks import (
@@ -72,9 +78,8 @@ def train_round(spec: RunSpec, round_idx: int) -> dict[str, Any]:
 @task(name="finalize-run", task_run_name="finalize-run", cache_policy=NO_CACHE)
 def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None) -> dict[str, Any]:
     """Reports, exported checkpoint and rollouts, the final MLflow artifact and Prefect summary."""
-    session = session_for(spec)
-    t = session.trainer
     run_path = spec.run_path
+    progress = _run_progress(spec)
     checkpoint = run_path / "checkpoint"
     metrics = write_reports(run_path, resolve(spec.project, reports_dir), spec.strategy) if reports_dir else None
     if export_dir:
@@ -85,22 +90,29 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
         with atomic_directory(export / "rollouts") as tmp:
             for table in sorted(run_path.glob("rounds/round-*/rollouts.parquet")):
                 shutil.copy2(table, tmp / f"{table.parent.name}.parquet")
+            for table in sorted(run_path.glob("rounds/round-*/rollouts-rank-*.parquet")):  # multi-process runs
+                shutil.copy2(table, tmp / f"{table.parent.name}-{table.stem.removeprefix('rollouts-')}.parquet")
     records = load_records(run_path)
     if spec.mlflow_run_id and records:  # every run ends with an Entropy(t) plot and a sample grid, however short
-        from flows.round_io import png_array
+        from flows.round_io import RunStore, png_array
 
-        grid = png_array(session.store.storage.get_bytes(session.store.round_key(records[-1].round, "images.png")))
+        store = RunStore(open_storage(spec.storage_uri, spec.project), spec.run_key)
+        key = store.round_key(records[-1].round, "images.png")
+        if not store.storage.exists(key):  # a multi-process run: rank 0's share of the round's images
+            key = store.round_key(records[-1].round, "images-rank-00.png")
+        grid = png_array(store.storage.get_bytes(key))
         Tracker(spec.tracking_uri, spec.experiment).log_final_media(spec.mlflow_run_id, records[-1], grid)
     if spec.mlflow_run_id and checkpoint.is_dir():
         tracker = Tracker(spec.tracking_uri, spec.experiment)
         tracker.log_checkpoint(spec.mlflow_run_id, checkpoint)
         tracker.finish(spec.mlflow_run_id)
     last_eval = next((r.eval for r in reversed(records) if r.eval), None)
-    base = t.base_eval
-    summary = {"run_name": spec.run_name, "run_dir": spec.run_dir, "rounds": t.round, "nfe": t.nfe,
+    base = progress["base_eval"]
+    rounds, nfe = progress["round"], progress["nfe"]
+    summary = {"run_name": spec.run_name, "run_dir": spec.run_dir, "rounds": rounds, "nfe": nfe,
                "strategy": spec.strategy, "mlflow_run_id": spec.mlflow_run_id, "checkpoint": str(checkpoint),
                "base_eval": _short(base), "final_eval": _short(last_eval), "reports": metrics is not None}
-    lines = [f"## {spec.run_name}", "", f"{t.round} rounds ({spec.strategy}), {t.nfe} denoiser evaluations.", ""]
+    lines = [f"## {spec.run_name}", "", f"{rounds} rounds ({spec.strategy}), {nfe} denoiser evaluations.", ""]
     if base and last_eval:
         lines += [f"Eval {k}: **{base[k]:.3f} → {last_eval[k]:.3f}**." for k in metric_names(last_eval) if k in base]
     lines += ["", f"Checkpoint: `{checkpoint}`", f"MLflow run: `{spec.mlflow_run_id}` ({spec.tracking_uri})"]
@@ -108,6 +120,72 @@ def finalize_run(spec: RunSpec, export_dir: str | None, reports_dir: str | None)
     if records:
         publish_allocation(records[-1], f"ΔEntropy and rollouts per prompt, last round of {spec.run_name}")
     return summary
+
+
+def _run_progress(spec: RunSpec) -> dict[str, Any]:
+    """Round, NFE and base evaluation of the run as saved in its folder (whichever process trained it)."""
+    state = spec.run_path / "state" / "state.json"
+    info = json.loads(state.read_text(encoding="utf-8")) if state.is_file() else {"round": 0, "nfe": 0}
+    base = spec.run_path / "eval_base.json"
+    return {"round": info["round"], "nfe": info["nfe"],
+            "base_eval": json.loads(base.read_text(encoding="utf-8")) if base.is_file() else None}
+
+
+@task(name="train-on-ranks", cache_policy=NO_CACHE)
+def train_on_ranks(spec: RunSpec, nproc: int) -> dict[str, Any]:
+    """The rounds of a multi-process run: torchrun starts `nproc` ranks of flows.ranks on this worker.
+
+    Rank 0 logs every round to MLflow as it ends; the Prefect round artifacts are published here
+    once the ranks are done, from the saved round records. A failed rank fails the task (the
+    others stop within train.dist_timeout); the run resumes from its last saved round.
+    """
+    log = run_logger()
+    start = _run_progress(spec)["round"]
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="aegpo-ranks-") as tmp:
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(spec.model_dump_json(), encoding="utf-8")
+        cmd = distributed.Launch(nproc).command(["flows.ranks", "--spec", str(spec_file)])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)}
+        log.info("starting %d ranks: %s", nproc, " ".join(cmd))
+        proc = subprocess.Popen(cmd, cwd=spec.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        tail: list[str] = []
+        for line in proc.stdout:  # the ranks' output into the flow run's log
+            line = line.rstrip()
+            tail = [*tail[-40:], line]
+            if line:
+                log.info("%s", line)
+        rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"torchrun of {nproc} ranks failed (exit {rc}); the run keeps its last saved round. "
+                           "Last output:\n" + "\n".join(tail[-15:]))
+    progress = _run_progress(spec)
+    from flows.tasks import publish_allocation, round_summary_markdown
+
+    for record in load_records(spec.run_path)[start:progress["round"]]:
+        publish_markdown("aegpo-round-summary", round_summary_markdown(spec, record),
+                         f"Round {record['round']} of {spec.run_name}")
+        publish_allocation(record, f"ΔEntropy and rollouts per prompt, round {record['round']} of {spec.run_name}")
+    _push_run(spec, progress["round"])
+    return {"round": progress["round"], "nfe": progress["nfe"], "ranks": nproc}
+
+
+def _push_run(spec: RunSpec, rounds: int) -> None:
+    """Remote stores: state, checkpoint and round records of the finished ranks (no-op for the project folder)."""
+    from flows.round_io import RunStore
+
+    store = RunStore(open_storage(spec.storage_uri, spec.project), spec.run_key)
+    if store.storage.local_path(store.run_key) is not None:
+        return
+    store.push_tree(spec.run_path / "state", "state")
+    store.push_tree(spec.run_path / "checkpoint", "checkpoint")
+    for r in range(rounds):
+        record = spec.run_path / "rounds" / f"round-{r:04d}.json"
+        if record.is_file():
+            store.push_file(record, f"rounds/{record.name}")
+    if (spec.run_path / "eval_base.json").is_file():
+        store.push_file(spec.run_path / "eval_base.json", "eval_base.json")
 
 
 def _short(ev: dict[str, Any] | None) -> dict[str, float] | None:
@@ -128,7 +206,7 @@ def _train_run_name() -> str:
 def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | None = None, project_dir: str = ".",
                run_dir: str | None = None, base_profile: str | None = None, export_dir: str | None = None,
                reports_dir: str | None = None, storage_uri: str | None = None, tracking_uri: str | None = None,
-               experiment: str = "aegpo", media_every: int = 0) -> dict[str, Any]:
+               experiment: str = "aegpo", media_every: int = 0, nproc: int | str | None = None) -> dict[str, Any]:
     """Train (or resume) one run of params.yaml + `overrides` (dotted `key=value`, `dvc exp run -S` grammar).
 
     Args:
@@ -140,6 +218,8 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
         storage_uri: artifact store (default AEGPO_STORAGE_URI, else the project folder).
         tracking_uri: MLflow (default MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db).
         media_every: MLflow Entropy(t) plot and sample grid every N rounds (default train.eval_every).
+        nproc: processes of the run on this worker (default train.nproc; auto: its GPUs); more than one
+            starts them with torchrun here (one worker per node, docs/pipeline.md).
     """
     spec = prepare_run(params_path, overrides or [], project_dir, run_dir=run_dir, storage_uri=storage_uri,
                        tracking_uri=tracking_uri, experiment=experiment, media_every=media_every)
@@ -153,7 +233,12 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
     run_id = tracker.start_training_run(spec.run_name, run_tags(spec, flow_run_id()), flatten(params),
                                         params.model_dump(mode="json"))
     spec = spec.model_copy(update={"mlflow_run_id": run_id})
+    ranks = distributed.resolve_nproc(nproc if nproc is not None else params.train.nproc, params.model.device)
     try:
+        if ranks > 1:
+            distributed.check_devices(ranks, params.model.device)
+            train_on_ranks(spec, ranks)
+            return finalize_run(spec, export_dir, reports_dir)
         state = run_state(spec)
         if state["round"]:
             log.info("resuming %s at round %d of %d", spec.run_dir, state["round"], state["rounds"])

@@ -270,7 +270,7 @@ def run_critical_steps(params, out: str | Path, num_prompts: int | None = None, 
     from aegpo.bench.machine import machine_description
     from aegpo.checkpoint import load_base_policy
     from aegpo.config import apply_overrides, params_from_dict
-    from aegpo.device import resolve_device
+    from aegpo.distributed import resolve_device
     from aegpo.entropy.profile import EntropyProfile, ProbeSpec, probe
     from aegpo.entropy.recorder import EntropyRecorder
     from aegpo.prompt_files import read_prompt_file

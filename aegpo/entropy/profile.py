@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from aegpo import distributed
 from aegpo.rollout import Rollout, StepPlan, derive_seed, generate
 from aegpo.tables import PROFILE_SCHEMA, TableError, read_metadata, read_table, with_metadata, write_table
 
@@ -72,8 +73,23 @@ def probe_seeds(prompts: list[str], seed: int) -> torch.Tensor:
 def probe(policy, prompts: list[str], spec: ProbeSpec, recorder, batch_size: int = 64, progress: bool = False) -> Rollout:
     """One ODE trajectory per prompt with entropy at every step: rollout.entropy_layers (P, T, L)."""
     n = len(prompts)
-    return generate(policy, prompts, torch.arange(n), probe_seeds(prompts, spec.seed), StepPlan.ode(n, spec.num_steps),
-                    shift=spec.shift, recorder=recorder, batch_size=batch_size, progress=progress, decode=False)
+    seeds = probe_seeds(prompts, spec.seed)
+    if distributed.world_size() == 1 or n < distributed.world_size():
+        return generate(policy, prompts, torch.arange(n), seeds, StepPlan.ode(n, spec.num_steps),
+                        shift=spec.shift, recorder=recorder, batch_size=batch_size, progress=progress, decode=False)
+
+    # data-parallel runs: each rank probes a slice of the prompts; every rank gets all of Entropy(t)
+    def run(idx: torch.Tensor) -> dict:
+        ro = generate(policy, prompts, idx, seeds[idx], StepPlan.ode(len(idx), spec.num_steps), shift=spec.shift,
+                      recorder=recorder, batch_size=batch_size, progress=progress, decode=False)
+        return {"entropy_layers": ro.entropy_layers, "nfe": ro.nfe, "sigmas": [ro.sigmas]}
+
+    out = distributed.split_and_gather(n, run)
+    return Rollout(prompts=list(prompts), prompt_index=torch.arange(n), seeds=seeds, sigmas=out["sigmas"][0],
+                   plan=StepPlan.ode(n, spec.num_steps), final=torch.empty(0), images=np.zeros((n, 0, 0, 3), np.uint8),
+                   trans_sample=torch.empty(0, dtype=torch.long), trans_step=torch.empty(0, dtype=torch.long),
+                   x_t=torch.empty(0), x_next=torch.empty(0), log_prob=torch.empty(0), nfe=out["nfe"],
+                   entropy_layers=out["entropy_layers"])
 
 
 class EntropyProfile:
@@ -247,14 +263,18 @@ def load_or_compute_base_profile(base_policy, base_digest: str, prompts: list[st
     and the new ones are added to it (so later lazy runs reuse them)."""
     key = cache_key(base_digest, prompts, spec)
     path = Path(cache_dir) / f"base-entropy-{key[:16]}.parquet"
-    if path.is_file():
+    # data-parallel runs: rank 0 decides (its disk holds the cache) and reads it; all ranks share the result
+    profile = None
+    if distributed.is_main() and path.is_file():
         try:
             if read_metadata(path).get("cache_key") == key:
                 profile = EntropyProfile.from_table(read_table(path, PROFILE_SCHEMA))
                 log.info("base-entropy profile: reusing %s", path)
-                return profile, path, False
         except (TableError, KeyError, ValueError) as err:  # a cache is only a cache: compute it again
             log.warning("base-entropy profile cache %s is damaged (%s); computing it again", path, err)
+    profile = distributed.broadcast_object(profile)
+    if profile is not None:
+        return profile, path, False
     log.info("base-entropy profile: probing %d prompts -> %s", len(prompts), path)
     lazy = LazyBaseProfile(lambda ps: probe(base_policy, ps, spec, recorder, progress=progress),
                            ProfileStore(cache_dir, base_digest, spec), base_policy.nfe_per_call, spec.num_steps)
@@ -266,5 +286,7 @@ def load_or_compute_base_profile(base_policy, base_digest: str, prompts: list[st
         "cache_key": key, "spec": {"base_manifest_sha256": base_digest, "prompt_set_sha256": prompt_set_hash(prompts),
                                    "probe": asdict(spec), "nfe": lazy.probe_nfe(len(prompts)),
                                    "nfe_spent_now": lazy.computed_nfe}})
-    write_table(table, path)
+    with distributed.main_writes("base-entropy profile") as mine:
+        if mine:
+            write_table(table, path)
     return profile, path, True

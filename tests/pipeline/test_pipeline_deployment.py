@@ -83,3 +83,44 @@ def test_deploy_and_run_training_on_a_process_worker(prefect_server, make_projec
     assert parent.data.tags["prefect.flow_run_id"] == run_id and parent.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(parent.info.run_id, "reward/mean")] == [0, 1]
     assert client.list_artifacts(parent.info.run_id, "checkpoint")
+
+
+def test_a_two_process_run_through_the_deployment(prefect_server, make_project, tmp_path):
+    """`nproc=2`: the flow run on the worker starts torchrun with 2 ranks (gloo); each rank stores its
+    rollouts shard, rank 0 the state, records and MLflow metrics; the flow publishes the round artifacts."""
+    proj = make_project(rounds=2, eval_every=1)
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "OMP_NUM_THREADS": "1"}
+    _cli(["work-pool", "create", "aegpo-gpu", "--type", "process", "--overwrite"], env)
+    _cli(["--no-prompt", "deploy", "--all"], env)
+    log = open(tmp_path / "worker.log", "wb")
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "aegpo-gpu", "--limit", "1"], cwd=tmp_path,
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        out = _cli(["deployment", "run", "aegpo-train/gpu", "--param", f"project_dir={proj}", "--param", "nproc=2",
+                    "--param", 'overrides=["train.rounds=2", "train.eval_every=1"]',
+                    "--watch", "--watch-timeout", "400"], env, timeout=430)
+    finally:
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGKILL)
+        log.close()
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    assert "COMPLETED" in out.upper(), out + (tmp_path / "worker.log").read_text()[-5000:]
+    flow_run = _api(prefect_server, "flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})[0]
+    assert flow_run["parameters"]["nproc"] == 2
+    tasks = _api(prefect_server, "task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+    assert any(t["name"].startswith("train-on-ranks") and t["state"]["type"] == "COMPLETED" for t in tasks)
+    artifacts = _api(prefect_server, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    assert sum(a["key"] == "aegpo-round-summary" for a in artifacts) == 2
+
+    run_dir = next((proj / "runs" / "train").iterdir())
+    assert json.loads((run_dir / "state" / "state.json").read_text())["world_size"] == 2
+    for r in range(2):
+        shards = sorted(p.name for p in (run_dir / "rounds" / f"round-{r:04d}").glob("rollouts-rank-*.parquet"))
+        assert shards == ["rollouts-rank-00.parquet", "rollouts-rank-01.parquet"]
+    client = MlflowClient(f"sqlite:///{proj / 'mlflow.db'}")
+    [parent] = client.search_runs([client.get_experiment_by_name("aegpo").experiment_id],
+                                  "tags.`aegpo.kind` = 'training'")
+    assert parent.data.tags["prefect.flow_run_id"] == run_id and parent.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "reward/mean")] == [0, 1]
+    assert client.list_artifacts(parent.info.run_id, "checkpoint")
