@@ -165,8 +165,8 @@ def train_on_ranks(spec: RunSpec, nproc: int) -> dict[str, Any]:
 
     for record in load_records(spec.run_path)[start:progress["round"]]:
         publish_markdown("aegpo-round-summary", round_summary_markdown(spec, record),
-                         f"Round {record['round']} of {spec.run_name}")
-        publish_allocation(record, f"ΔEntropy and rollouts per prompt, round {record['round']} of {spec.run_name}")
+                         f"Round {record.round} of {spec.run_name}")
+        publish_allocation(record, f"ΔEntropy and rollouts per prompt, round {record.round} of {spec.run_name}")
     _push_run(spec, progress["round"])
     return {"round": progress["round"], "nfe": progress["nfe"], "ranks": nproc}
 
