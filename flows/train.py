@@ -1,4 +1,4 @@
-"""The training flow `aegpo-train`: profile (cached) → base eval → rounds (one subflow each) → finalize.
+"""The training flow `aegpo-train`: base eval → rounds (one subflow each; base entropy profiled lazily) → finalize.
 
 Run it:
 
@@ -41,8 +41,6 @@ from flows.tasks import (
     evaluate_policy,
     finish_round,
     generate_rollouts,
-    profile_base_entropy,
-    profile_key,
     publish_allocation,
     run_state,
     score_rewards,
@@ -212,7 +210,8 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
     Args:
         project_dir: where params.yaml, prompts, checkpoints and runs/ are (relative paths resolve here).
         run_dir: the run folder; default `<train.out_dir>/<strategy>-<fingerprint>`.
-        base_profile: a stored base-entropy profile to use (else the cached profile task computes it).
+        base_profile: a precomputed base-entropy profile to use (else the trainer profiles each round's new
+            prompts when it first draws them, cached per prompt).
         export_dir: copy the final checkpoint and the rollouts tables here (the DVC outputs).
         reports_dir: write rewards/eval/allocation CSVs and train_metrics.json here (DVC plots, metrics).
         storage_uri: artifact store (default AEGPO_STORAGE_URI, else the project folder).
@@ -227,7 +226,9 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
     log = run_logger()
     log.info("run %s in %s (store %s, tracking %s)", spec.run_name, spec.run_dir, spec.storage_uri or "project folder",
              redact_url(spec.tracking_uri))  # a URL may hold a credential: never in logs (Prefect stores them)
-    if strategy_class(params.train.strategy).needs_base_profile:
+    if base_profile and strategy_class(params.train.strategy).needs_base_profile:
+        # a precomputed profile (`aegpo pipeline profile`); without one the trainer profiles lazily: each round's
+        # new prompts under the base policy, cached per prompt (no hour-long precomputation before round 0)
         spec = spec.model_copy(update={"base_profile_key": _base_profile(spec, base_profile)})
     tracker = Tracker(spec.tracking_uri, spec.experiment, artifact_location(spec))
     run_id = tracker.start_training_run(spec.run_name, run_tags(spec, flow_run_id()), flatten(params),
@@ -257,22 +258,15 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
         drop_session(spec)
 
 
-def _base_profile(spec: RunSpec, given: str | None) -> str:
-    """The store key of the base-entropy profile: a given file (uploaded if the store is remote) or the task's."""
+def _base_profile(spec: RunSpec, given: str) -> str:
+    """The store key of a given base-entropy profile file (uploaded if the store is remote)."""
     storage = open_storage(spec.storage_uri, spec.project)
-    if given:
-        path = resolve(spec.project, given)
-        if not path.is_file():
-            raise FileNotFoundError(f"base profile {path} does not exist (run `aegpo pipeline profile --out {given}`)")
-        root = storage.local_path("")
-        if root is not None and root in path.resolve().parents:
-            return path.resolve().relative_to(root).as_posix()
-        key = f"{spec.params().aegpo.cache_dir}/{path.name}"
-        storage.put_file(key, path)
-        return key
-    manifest = profile_base_entropy(spec)
-    if not storage.exists(manifest["key"]):  # the cached manifest outlived its file: compute again
-        manifest = profile_base_entropy.with_options(refresh_cache=True)(spec)
-    if manifest["key"] != profile_key(spec)[1]:
-        raise RuntimeError(f"profile task returned {manifest['key']}, expected {profile_key(spec)[1]}")
-    return manifest["key"]
+    path = resolve(spec.project, given)
+    if not path.is_file():
+        raise FileNotFoundError(f"base profile {path} does not exist (run `aegpo pipeline profile --out {given}`)")
+    root = storage.local_path("")
+    if root is not None and root in path.resolve().parents:
+        return path.resolve().relative_to(root).as_posix()
+    key = f"{spec.params().aegpo.cache_dir}/{path.name}"
+    storage.put_file(key, path)
+    return key

@@ -192,7 +192,8 @@ def build_policy(kind: str, tiny: bool, resolution: int, device: torch.device, d
         for p in transformer.parameters():
             if p.ndim >= 1 and not p.any():
                 p.normal_(0.0, 0.02)
-    pipe = types.SimpleNamespace(transformer=transformer, vae=None, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe = types.SimpleNamespace(transformer=transformer, vae=None,
+                                 scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
     text_tokens = 24 if tiny else TEXT_TOKENS[kind]
     params = PretrainedParams(resolution=resolution, dtype={torch.bfloat16: "bfloat16", torch.float16: "float16"}
                               .get(dtype, "float32"), gradient_checkpointing=True)
@@ -207,7 +208,8 @@ def random_conditioning(policy, prompts: int, text_tokens: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     states = torch.randn(prompts, text_tokens, cfg.joint_attention_dim, generator=g)
     pooled = torch.randn(prompts, cfg.pooled_projection_dim, generator=g)
-    return Conditioning({"states": states.to(policy.device, policy.dtype), "pooled": pooled.to(policy.device, policy.dtype)})
+    return Conditioning({"states": states.to(policy.device, policy.dtype),
+                         "pooled": pooled.to(policy.device, policy.dtype)})
 
 
 # ----- correctness -----------------------------------------------------------------------------------------
@@ -245,7 +247,8 @@ def check_processors(policy, kind: str, cond, seed: int = 0) -> dict[str, Any]:
         hidden = torch.randn(1, n_hidden, dim, generator=g).to(device, dtype)
         inputs = {"hidden_states": hidden, **extra}
         if name != "single":
-            inputs["encoder_hidden_states"] = torch.randn(1, cond.tensors["states"].shape[1], dim, generator=g).to(device, dtype)
+            inputs["encoder_hidden_states"] = torch.randn(1, cond.tensors["states"].shape[1], dim,
+                                                          generator=g).to(device, dtype)
         original = attn.processor
         try:
             attn.set_processor(default)
@@ -378,7 +381,8 @@ def measure_model(kind: str, args, device: torch.device, dtype: torch.dtype, emi
         "processors": check_processors(policy, kind, cond),
         "entropy_backends": check_entropy_backends(device, dtype, policy.transformer.config.num_attention_heads,
                                                    policy.transformer.config.attention_head_dim,
-                                                   keys=text_tokens + (policy.latent_shape[1] * policy.latent_shape[2]) // 4),
+                                                   keys=text_tokens
+                                                   + (policy.latent_shape[1] * policy.latent_shape[2]) // 4),
         "rollout_log_prob_finite": bool(torch.isfinite(ro.log_prob).all()) and len(ro.log_prob) > 0,
         "entropy_finite": all(bool(torch.isfinite(r.entropy).all()) for k, r in rollouts.items() if k != "off"),
     }
@@ -395,13 +399,14 @@ def measure_model(kind: str, args, device: torch.device, dtype: torch.dtype, emi
                                                  torch.Generator().manual_seed(0)), device)
     policy.transformer.eval()
     transitions = int(stats["trained_transitions"])
-    out["train"] = {"seconds": seconds, "transitions": transitions, "seconds_per_transition": seconds / max(1, transitions),
+    out["train"] = {"seconds": seconds, "transitions": transitions,
+                    "seconds_per_transition": seconds / max(1, transitions),
                     "micro_batch": cfg.micro_batch, "peak_gib": peak_bytes(device) / 2**30,
                     "first_ratio_dev": stats["first_ratio_dev"], "loss_finite": math.isfinite(stats["loss"])}
     emit(f"[{kind}] train step ({transitions} transitions, micro-batch {cfg.micro_batch}): {seconds:.2f} s, "
          f"peak {out['train']['peak_gib']:.1f} GiB, first ratio dev {stats['first_ratio_dev']:.2e}")
     out["seconds_total"] = time.perf_counter() - t_start
-    del policy, optimizer, rollouts, ro
+    policy = optimizer = rollouts = ro = None  # free the model before the next one (closures hold these names)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -418,7 +423,8 @@ def table(results: dict[str, dict[str, Any]], peak: float | None) -> str:
         f, ro, tr = r["forward"], r["rollout"], r["train"]
         lines += [
             f"| {kind} | forward TFLOP/s (MFU) | {f['tflops']:.1f} ({mfu(f['tflops'])}) |",
-            f"| {kind} | rollout images/s, TFLOP/s (MFU) | {ro['images_per_s']:.2f}, {ro['tflops']:.1f} ({mfu(ro['tflops'])}) |",
+            f"| {kind} | rollout images/s, TFLOP/s (MFU) | {ro['images_per_s']:.2f}, {ro['tflops']:.1f} "
+            f"({mfu(ro['tflops'])}) |",
             f"| {kind} | rollout peak memory | {ro['peak_gib']:.2f} GiB |",
             f"| {kind} | train step (LoRA, ckpt) | {tr['seconds']:.2f} s for {tr['transitions']} transitions, "
             f"peak {tr['peak_gib']:.2f} GiB |",
@@ -427,7 +433,8 @@ def table(results: dict[str, dict[str, Any]], peak: float | None) -> str:
             lines.append(f"| {kind} | entropy {name} ({v['layers_recorded']} layers) | "
                          f"+{v['time_ratio']:.1%} time, +{v['extra_gib']:.3f} GiB |")
         checks = r["checks"]
-        procs = ", ".join(f"{k}: {'equal' if v['equal'] else 'DIFF %.2e' % v['max_abs_diff']}" for k, v in checks["processors"].items())
+        procs = ", ".join(f"{k}: {'equal' if v['equal'] else 'DIFF %.2e' % v['max_abs_diff']}"
+                          for k, v in checks["processors"].items())
         eb = checks["entropy_backends"]
         lines.append(f"| {kind} | checks | processors {procs}; entropy err fused {eb['fused_max_err']:.1e} chunked "
                      f"{eb['chunked_max_err']:.1e} nats; log-probs finite {checks['rollout_log_prob_finite']}; "
@@ -447,7 +454,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 2; tiny 1)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the card's dense bf16 peak")
-    p.add_argument("--model-budget-s", type=float, default=240.0, help="stop adding timing repeats for a model after this")
+    p.add_argument("--model-budget-s", type=float, default=240.0,
+                   help="stop adding timing repeats for a model after this")
     args = p.parse_args(argv)
     args.resolution = args.resolution or (64 if args.tiny else 1024)
     args.steps = args.steps or (3 if args.tiny else 6)
@@ -495,7 +503,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "mfu_forward": head["forward"]["tflops"] / peak if peak else None,
         "rollout_vs_measured_matmul": head["rollout"]["tflops"] / measured if measured else None,
         "entropy_variant": RECOMMENDED, "entropy_time_ratio": rec["time_ratio"], "entropy_extra_gib": rec["extra_gib"],
-        "goals": {"entropy_time_ratio<=0.02": rec["time_ratio"] <= 0.02, "entropy_extra_gib<=0.2": rec["extra_gib"] <= 0.2,
+        "goals": {"entropy_time_ratio<=0.02": rec["time_ratio"] <= 0.02,
+                  "entropy_extra_gib<=0.2": rec["extra_gib"] <= 0.2,
                   "mfu>=0.5": (head["rollout"]["tflops"] / peak >= 0.5) if peak else None},
         "checks_passed": checks_ok,
         "models": results,
