@@ -112,7 +112,8 @@ def save_trained(policy: FlowPolicy, directory: str | Path, base: str | Path | d
         manifest = {
             "format": FORMAT, "version": VERSION, "form": form, "policy": policy.describe(),  # type: ignore[attr-defined]
             "base": base,
-            "lora": None if policy.lora is None else {**policy.lora.__dict__, "target_modules": list(policy.lora.target_modules)},
+            "lora": None if policy.lora is None else {**policy.lora.__dict__,
+                                                      "target_modules": list(policy.lora.target_modules)},
             "files": {"denoiser": "denoiser.safetensors"}, "meta": meta or {},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -139,7 +140,8 @@ def load_policy(directory: str | Path, **policy_kwargs: Any) -> FlowPolicy:
     if not (base_dir / MANIFEST).is_file():
         raise CheckpointError(f"{directory}: its base checkpoint {base_dir} is missing")
     if manifest_digest(base_dir) != base["manifest_sha256"]:
-        raise CheckpointError(f"{directory}: base checkpoint {base_dir} has changed since training (manifest hash differs)")
+        raise CheckpointError(f"{directory}: base checkpoint {base_dir} has changed since training "
+                              "(manifest hash differs)")
     return _apply_trained(load_policy(base_dir, **policy_kwargs), directory, manifest)
 
 

@@ -211,7 +211,8 @@ def cmd_evaluate(args) -> int:
     result.pop("images")
     result["checkpoint"] = str(args.checkpoint or params.model.checkpoint)
     atomic_write_json(args.out, result)
-    print("  ".join(f"{k} {v:.3f}" for k, v in eval_summary(result).items()) + f"  ({len(prompts)} prompts) -> {args.out}")
+    print("  ".join(f"{k} {v:.3f}" for k, v in eval_summary(result).items())
+          + f"  ({len(prompts)} prompts) -> {args.out}")
     return 0
 
 
@@ -283,7 +284,8 @@ def cmd_bench_efficiency(args) -> int:
                      jobs=args.jobs, variants=variants)
     summary = run_efficiency(_params(args), spec, args.out)
     print((Path(args.out) / "table.md").read_text())
-    print(f"machine: {summary['settings']['machine']}\nresults: {args.out}/(curves.csv, curves.png, table.md, summary.json)")
+    print(f"machine: {summary['settings']['machine']}\n"
+          f"results: {args.out}/(curves.csv, curves.png, table.md, summary.json)")
     return 0
 
 
@@ -432,7 +434,8 @@ def cmd_pipeline_doctor(args) -> int:
     print(f"artifact store:   {settings.describe()}")
     print(f"S3 endpoint:      {redact_url(settings.endpoint_url) or '(AWS default)'} (boto3, DVC endpointurl, "
           f"MLFLOW_S3_ENDPOINT_URL={redact_url(os.environ.get('MLFLOW_S3_ENDPOINT_URL', ''))})")
-    print(f"S3 credentials:   {'set' if os.environ.get('AWS_ACCESS_KEY_ID') or os.environ.get('AWS_PROFILE') else 'not set'}")
+    print(f"S3 credentials:   "
+          f"{'set' if os.environ.get('AWS_ACCESS_KEY_ID') or os.environ.get('AWS_PROFILE') else 'not set'}")
     print(f"S3 deadlines:     connect {settings.connect_timeout:g} s, read {settings.read_timeout:g} s, "
           f"{settings.max_attempts} attempts, {settings.deadline:g} s per operation here")
     print(f"MLflow tracking:  {redact_url(default_tracking_uri(args.project_dir))}")
@@ -500,7 +503,8 @@ def add_pipeline_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aegpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="aegpo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -560,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the calibration of aegpo.peak_direction: auto)")
     _add_params(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--prompts", type=int, default=None, help="first N train prompts (default: aegpo.calibration_prompts)")
+    p.add_argument("--prompts", type=int, default=None,
+                   help="first N train prompts (default: aegpo.calibration_prompts)")
     p.add_argument("--group", type=int, default=None,
                    help="rollouts per prompt and step (default: aegpo.calibration_group)")
     p.set_defaults(func=cmd_bench_critical_steps)
@@ -612,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     from aegpo.io_utils import shorten
 
     try:

@@ -43,10 +43,15 @@ class LoraParams(Section):
 class ModelParams(Section):
     kind: str = Field("tiny_mmdit", description="Policy kind (aegpo.models.registry): tiny_mmdit, ...")
     checkpoint: str = Field("checkpoints/shapes-base", description="Base checkpoint folder (relative to the project).")
-    finetune: Literal["lora", "full"] = Field("lora", description="Train LoRA adapters (reference = adapters off) or every denoiser weight (reference = frozen copy).")
+    finetune: Literal["lora", "full"] = Field(
+        "lora", description="Train LoRA adapters (reference = adapters off) or every denoiser weight (reference = "
+        "frozen copy).")
     lora: LoraParams = Field(default_factory=LoraParams, description="LoRA settings when finetune = lora.")
-    guidance_scale: StrictFloat = Field(1.0, ge=1.0, description="Classifier-free guidance; 1 = none (one denoiser call per step).")
-    pretrained: PretrainedParams = Field(default_factory=PretrainedParams, description="Real models (SD3.5, FLUX): where and how to load them (kinds sd3, flux).")
+    guidance_scale: StrictFloat = Field(
+        1.0, ge=1.0, description="Classifier-free guidance; 1 = none (one denoiser call per step).")
+    pretrained: PretrainedParams = Field(
+        default_factory=PretrainedParams, description="Real models (SD3.5, FLUX): where and how to load them (kinds "
+        "sd3, flux).")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
                         description="torch device: auto (cuda if available), cpu, cuda, cuda:N or mps.")
     threads: StrictInt = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
@@ -54,10 +59,14 @@ class ModelParams(Section):
 
 class SamplerParams(Section):
     num_steps: StrictInt = Field(10, ge=2, le=1000, description="Denoising steps of a training rollout.")
-    shift: StrictFloat = Field(1.0, gt=0, description="Time shift of the sigma schedule: σ = s·t / (1 + (s − 1)·t), t = linspace(1, 0).")
-    sde: Literal["dance", "flow", "cps"] = Field("dance", description="Stochastic step on exploring steps: DanceGRPO, Flow-GRPO or CPS (see aegpo/samplers.py).")
-    noise_level: StrictFloat = Field(0.7, ge=0, le=5, description="η (dance), a (flow) or a (cps: std = σ_next·sin(aπ/2), a ≤ 1) of the SDE.")
-    same_noise: bool = Field(True, description="All rollouts of one prompt start from the same initial noise (DanceGRPO's init_same_noise).")
+    shift: StrictFloat = Field(
+        1.0, gt=0, description="Time shift of the sigma schedule: σ = s·t / (1 + (s − 1)·t), t = linspace(1, 0).")
+    sde: Literal["dance", "flow", "cps"] = Field(
+        "dance", description="Stochastic step on exploring steps: DanceGRPO, Flow-GRPO or CPS (see aegpo/samplers.py).")
+    noise_level: StrictFloat = Field(
+        0.7, ge=0, le=5, description="η (dance), a (flow) or a (cps: std = σ_next·sin(aπ/2), a ≤ 1) of the SDE.")
+    same_noise: bool = Field(
+        True, description="All rollouts of one prompt start from the same initial noise (DanceGRPO's init_same_noise).")
 
     @model_validator(mode="after")
     def _check(self) -> SamplerParams:
@@ -70,12 +79,15 @@ class RewardParams(Section):
     name: str = Field("shapes", description="Reward (aegpo.rewards registry): shapes, ...")
     weights: dict[str, float] = Field(
         {"dense": 0.5, "strict": 0.5},
-        description="Weights of the reward's parts; the reward is their weighted sum (shapes: dense, strict, soft: graded credit for almost-legal shapes).",
+        description="Weights of the reward's parts; the reward is their weighted sum (shapes: dense, strict, soft: "
+        "graded credit for almost-legal shapes).",
     )
     aggregate: Literal["sum", "advantage"] = Field(
-        "sum", description="sum: advantages of the weighted reward; advantage: weighted sum of each part's group-normalised advantage (MixGRPO's advantage_aggr).")
+        "sum", description="sum: advantages of the weighted reward; advantage: weighted sum of each part's "
+        "group-normalised advantage (MixGRPO's advantage_aggr).")
     models: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Per-reward-model options, e.g. {pickscore: {path: /models/PickScore_v1}}; each reward validates its own.")
+        default_factory=dict, description="Per-reward-model options, e.g. {pickscore: {path: /models/PickScore_v1}}; "
+        "each reward validates its own.")
 
 
 class OptimParams(Section):
@@ -88,24 +100,39 @@ class OptimParams(Section):
 
 class TrainParams(Section):
     prompts: str = Field("data/prompts/train.txt", description="Training prompt file, one per line.")
-    strategy: str = Field("grpo", description="Strategy (aegpo.strategies registry): where to explore and how many rollouts each prompt gets.")
+    strategy: str = Field(
+        "grpo", description="Strategy (aegpo.strategies registry): where to explore and how many rollouts each prompt "
+        "gets.")
     rounds: StrictInt = Field(45, ge=1, description="Rounds of sample → score → advantage → optimize.")
-    prompts_per_round: StrictInt = Field(16, ge=1, description="Prompts drawn (without replacement, cycling) per round.")
-    group_size: StrictInt = Field(12, ge=2, description="Rollouts per prompt under a uniform budget (the budget is prompts_per_round × group_size).")
-    timestep_fraction: StrictFloat = Field(0.6, gt=0, le=1, description="grpo: fraction of the (non-final) steps trained per sample, chosen at random (DanceGRPO).")
-    optimizer_steps: StrictInt = Field(2, ge=1, description="Optimizer steps per round; the round's samples are split into this many minibatches (gradient accumulation inside each).")
-    micro_batch: StrictInt = Field(32, ge=1, description="Transitions per forward/backward pass (memory knob; does not change the maths).")
+    prompts_per_round: StrictInt = Field(
+        16, ge=1, description="Prompts drawn (without replacement, cycling) per round.")
+    group_size: StrictInt = Field(
+        12, ge=2, description="Rollouts per prompt under a uniform budget (the budget is prompts_per_round × "
+        "group_size).")
+    timestep_fraction: StrictFloat = Field(
+        0.6, gt=0, le=1, description="grpo: fraction of the (non-final) steps trained per sample, chosen at random "
+        "(DanceGRPO).")
+    optimizer_steps: StrictInt = Field(
+        2, ge=1, description="Optimizer steps per round; the round's samples are split into this many minibatches "
+        "(gradient accumulation inside each).")
+    micro_batch: StrictInt = Field(
+        32, ge=1, description="Transitions per forward/backward pass (memory knob; does not change the maths).")
     inner_epochs: StrictInt = Field(4, ge=1, description="Passes over a round's samples.")
     clip_range: StrictFloat = Field(1e-3, gt=0, description="PPO ratio clip ε.")
     adv_clip_max: StrictFloat = Field(5.0, gt=0, description="Advantages are clipped to ±this.")
-    std_floor: StrictFloat = Field(0.05, ge=0, description="Group std floor in the z-score (avoids blowing up tiny reward gaps).")
-    kl_beta: StrictFloat = Field(0.0, ge=0, description="Weight of the KL to the reference policy (Flow-GRPO: ‖μθ − μref‖² / 2σ²); 0 = off.")
+    std_floor: StrictFloat = Field(
+        0.05, ge=0, description="Group std floor in the z-score (avoids blowing up tiny reward gaps).")
+    kl_beta: StrictFloat = Field(
+        0.0, ge=0, description="Weight of the KL to the reference policy (Flow-GRPO: ‖μθ − μref‖² / 2σ²); 0 = off.")
     optim: OptimParams = Field(default_factory=OptimParams, description="Optimizer.")
-    ema_decay: StrictFloat = Field(0.0, ge=0, lt=1, description="EMA of trainable weights for evaluation/saving; 0 = off.")
-    eval_every: StrictInt = Field(15, ge=0, description="Evaluate every this many rounds (and at the end); 0 = only at the end.")
+    ema_decay: StrictFloat = Field(
+        0.0, ge=0, lt=1, description="EMA of trainable weights for evaluation/saving; 0 = off.")
+    eval_every: StrictInt = Field(
+        15, ge=0, description="Evaluate every this many rounds (and at the end); 0 = only at the end.")
     eval_base: bool = Field(True, description="Evaluate the base policy before round 0 (the 'before' of before/after).")
     out_dir: str = Field("runs/train", description="Run folder: checkpoints, round logs, rollouts.")
-    save_every: StrictInt = Field(1, ge=1, description="Write the resumable state every this many rounds (and at the end).")
+    save_every: StrictInt = Field(
+        1, ge=1, description="Write the resumable state every this many rounds (and at the end).")
     max_rejected_rounds: StrictInt = Field(
         3, ge=1, description="Stop the run after this many rounds in a row were rejected for a NaN/inf reward, "
         "advantage, loss, gradient or weight (a rejected round trains nothing and writes no state).")
@@ -135,27 +162,53 @@ class TrainParams(Section):
 
 class EntropyParams(Section):
     record: bool = Field(True, description="Record attention entropy during rollouts (needed by the aegpo strategies).")
-    layers: list[int] | Literal["all"] = Field("all", description="Joint-attention layers (block indices) to record; negative indices count from the end.")
+    layers: list[int] | Literal["all"] = Field(
+        "all", description="Joint-attention layers (block indices) to record; negative indices count from the end.")
     heads: list[int] | Literal["all"] = Field("all", description="Heads to record.")
-    keys: Literal["all", "text"] = Field("all", description="Entropy over all keys, or over the text keys with the softmax renormalised on them.")
+    keys: Literal["all", "text"] = Field(
+        "all", description="Entropy over all keys, or over the text keys with the softmax renormalised on them.")
     normalize: bool = Field(False, description="Divide by log(number of keys), giving entropy in [0, 1].")
     query_stride: StrictInt = Field(1, ge=1, description="Use every n-th image query (subsampling cuts the cost).")
-    chunk_size: StrictInt = Field(1024, ge=1, description="Image queries per chunk of the log-sum-exp computation (bounds memory).")
-    method: Literal["chunked", "fused"] = Field("chunked", description="chunked: log-sum-exp over query chunks (aegpo/entropy/core.py); fused: one flash-attention call per layer with the keys as values, no logits matrix (aegpo/entropy/fused.py; much faster on GPU, falls back to chunked where unsupported).")
+    chunk_size: StrictInt = Field(
+        1024, ge=1, description="Image queries per chunk of the log-sum-exp computation (bounds memory).")
+    method: Literal["chunked", "fused"] = Field(
+        "chunked", description="chunked: log-sum-exp over query chunks (aegpo/entropy/core.py); fused: one "
+        "flash-attention call per layer with the keys as values, no logits matrix (aegpo/entropy/fused.py; much faster "
+        "on GPU, falls back to chunked where unsupported).")
 
 
 class AEGPOParams(Section):
-    probe_seed: StrictInt = Field(4321, description="Noise seed of entropy probes (base profile and current policy share it, so ΔEntropy sees only the policy change).")
-    cache_dir: str = Field("cache/profiles", description="Where base-entropy profiles are cached (keyed on base checkpoint, prompt set and probe parameters).")
-    delta: Literal["absolute", "relative"] = Field("relative", description="ΔEntropy = |E_θ − E_base| / E_base (relative: the paper's abstract says 'relative change') or |E_θ − E_base| (absolute: our deviation; within 0.005 strict of relative on the built-in world, docs/findings.md §2).")
-    delta_aggregate: Literal["mean", "peaks"] = Field("mean", description="Aggregate Entropy(t) over all steps (mean) or over the selected peak steps only.")
-    delta_source: Literal["probe", "history"] = Field("probe", description="Current entropy from a probe pass this round (costs P·T NFE) or from the prompt's previous rollouts (free, stale; unseen prompts are probed).")
-    allocation: Literal["median_split", "proportional", "uniform"] = Field("median_split", description="Budget rule (aegpo/allocation.py).")
-    tie_tolerance: StrictFloat = Field(1e-5, ge=0, description="ΔEntropy differences below tie_tolerance × the batch's mean base entropy count as ties (relative ΔEntropy: below tie_tolerance itself); ties get uniform budgets (round 0 of a LoRA run: ΔEntropy is float noise of ~1e-7 of the entropy).")
-    high_group: StrictInt | None = Field(None, ge=2, description="median_split: rollouts above the median; null = round(4/3 · train.group_size) (16 for 12, a secondary source's reading of the paper).")
-    low_group: StrictInt | None = Field(None, ge=2, description="median_split: rollouts below the median; null = 2 · train.group_size − high_group (8); high + low must be 2 · group_size.")
-    floor: StrictInt | None = Field(None, ge=2, description="proportional: fewest rollouts a prompt gets; null = max(2, group_size // 3).")
-    ceiling: StrictInt | None = Field(None, ge=2, description="proportional: most rollouts a prompt gets; null = 2 · group_size.")
+    probe_seed: StrictInt = Field(
+        4321, description="Noise seed of entropy probes (base profile and current policy share it, so ΔEntropy sees "
+        "only the policy change).")
+    cache_dir: str = Field(
+        "cache/profiles", description="Where base-entropy profiles are cached (keyed on base checkpoint, prompt set "
+        "and probe parameters).")
+    delta: Literal["absolute", "relative"] = Field(
+        "relative", description="ΔEntropy = |E_θ − E_base| / E_base (relative: the paper's abstract says 'relative "
+        "change') or |E_θ − E_base| (absolute: our deviation; within 0.005 strict of relative on the built-in world, "
+        "docs/findings.md §2).")
+    delta_aggregate: Literal["mean", "peaks"] = Field(
+        "mean", description="Aggregate Entropy(t) over all steps (mean) or over the selected peak steps only.")
+    delta_source: Literal["probe", "history"] = Field(
+        "probe", description="Current entropy from a probe pass this round (costs P·T NFE) or from the prompt's "
+        "previous rollouts (free, stale; unseen prompts are probed).")
+    allocation: Literal["median_split", "proportional", "uniform"] = Field(
+        "median_split", description="Budget rule (aegpo/allocation.py).")
+    tie_tolerance: StrictFloat = Field(
+        1e-5, ge=0, description="ΔEntropy differences below tie_tolerance × the batch's mean base entropy count as "
+        "ties (relative ΔEntropy: below tie_tolerance itself); ties get uniform budgets (round 0 of a LoRA run: "
+        "ΔEntropy is float noise of ~1e-7 of the entropy).")
+    high_group: StrictInt | None = Field(
+        None, ge=2, description="median_split: rollouts above the median; null = round(4/3 · train.group_size) (16 for "
+        "12, a secondary source's reading of the paper).")
+    low_group: StrictInt | None = Field(
+        None, ge=2, description="median_split: rollouts below the median; null = 2 · train.group_size − high_group "
+        "(8); high + low must be 2 · group_size.")
+    floor: StrictInt | None = Field(
+        None, ge=2, description="proportional: fewest rollouts a prompt gets; null = max(2, group_size // 3).")
+    ceiling: StrictInt | None = Field(
+        None, ge=2, description="proportional: most rollouts a prompt gets; null = 2 · group_size.")
 
     def split(self, group_size: int) -> tuple[int, int]:
         """(high, low) group sizes of median_split."""
@@ -167,30 +220,42 @@ class AEGPOParams(Section):
         """(floor, ceiling) of proportional."""
         floor = self.floor if self.floor is not None else max(2, group_size // 3)
         return floor, self.ceiling if self.ceiling is not None else 2 * group_size
-    peaks_k: StrictInt = Field(4, ge=1, description="K steps to explore (4: a secondary source's TopK); also random_k's K.")
-    peak_rule: Literal["topk", "peaks"] = Field("topk", description="topk: the K most extreme Entropy(t) steps in peak_direction; peaks: greedy non-maximum suppression with min_spacing (aegpo/peaks.py).")
+    peaks_k: StrictInt = Field(
+        4, ge=1, description="K steps to explore (4: a secondary source's TopK); also random_k's K.")
+    peak_rule: Literal["topk", "peaks"] = Field(
+        "topk", description="topk: the K most extreme Entropy(t) steps in peak_direction; peaks: greedy non-maximum "
+        "suppression with min_spacing (aegpo/peaks.py).")
     peak_direction: Literal["high", "low", "auto"] = Field(
         "high", description="high: maxima of Entropy(t) (the paper's peaks); low: its minima (troughs; our deviation, "
         "where the built-in model's reward is decided, docs/findings.md §2b); auto: calibrate once on the base "
         "policy (aegpo bench critical-steps) and take maxima for a positive rank correlation of Entropy(t) with "
         "the reward spread of SDE at that step, minima for a negative one, maxima when the 95% CI includes 0.")
-    calibration_prompts: StrictInt = Field(16, ge=2, description="peak_direction auto: train prompts (the first N) in the calibration.")
-    calibration_group: StrictInt = Field(4, ge=2, description="peak_direction auto: rollouts per prompt and step (same initial noise, SDE at that step only).")
-    calibration_seed: StrictInt = Field(0, description="peak_direction auto: noise seed of the calibration rollouts and its bootstrap.")
+    calibration_prompts: StrictInt = Field(
+        16, ge=2, description="peak_direction auto: train prompts (the first N) in the calibration.")
+    calibration_group: StrictInt = Field(
+        4, ge=2, description="peak_direction auto: rollouts per prompt and step (same initial noise, SDE at that step "
+        "only).")
+    calibration_seed: StrictInt = Field(
+        0, description="peak_direction auto: noise seed of the calibration rollouts and its bootstrap.")
     min_spacing: StrictInt = Field(2, ge=1, description="peaks: minimum distance in steps between chosen peaks.")
-    peak_scope: Literal["prompt", "batch"] = Field("prompt", description="Choose steps per prompt or once per round from the batch-mean Entropy(t).")
-    peak_source: Literal["probe", "base"] = Field("probe", description="Entropy(t) for the step choice: this round's probe of the current policy, or the cached base profile (free).")
+    peak_scope: Literal["prompt", "batch"] = Field(
+        "prompt", description="Choose steps per prompt or once per round from the batch-mean Entropy(t).")
+    peak_source: Literal["probe", "base"] = Field(
+        "probe", description="Entropy(t) for the step choice: this round's probe of the current policy, or the cached "
+        "base profile (free).")
 
 
 class MixGRPOParams(Section):
     window: StrictInt = Field(4, ge=1, description="Width of the sliding SDE window (MixGRPO: 4).")
-    shift_every: StrictInt = Field(5, ge=1, description="Rounds before the window slides one step towards σ = 0 (MixGRPO: 25 iterations).")
+    shift_every: StrictInt = Field(
+        5, ge=1, description="Rounds before the window slides one step towards σ = 0 (MixGRPO: 25 iterations).")
 
 
 class EvalParams(Section):
     prompts: str = Field("data/prompts/eval.txt", description="Evaluation prompt file, one per line.")
     num_steps: StrictInt = Field(20, ge=1, description="ODE steps for evaluation samples.")
-    samples_per_prompt: StrictInt = Field(4, ge=1, description="Images per prompt (seeds 0..n−1 offset by prompt index).")
+    samples_per_prompt: StrictInt = Field(
+        4, ge=1, description="Images per prompt (seeds 0..n−1 offset by prompt index).")
     seed: StrictInt = Field(1234, description="Base seed of evaluation noise: fixed so evaluations are comparable.")
     batch_size: StrictInt = Field(100, ge=1, description="Images per denoiser batch.")
 
@@ -202,7 +267,8 @@ class ArchParams(Section):
     head_dim: StrictInt = Field(32, ge=8, description="Width per head (denoiser width = heads × head_dim).")
     text_dim: StrictInt = Field(64, ge=8, description="Text encoder width.")
     text_layers: StrictInt = Field(2, ge=1, description="Text encoder layers.")
-    prediction: Literal["x", "v"] = Field("x", description="Denoiser output: clean image x0 (converted to a velocity) or velocity v.")
+    prediction: Literal["x", "v"] = Field(
+        "x", description="Denoiser output: clean image x0 (converted to a velocity) or velocity v.")
 
 
 class PretrainParams(Section):
@@ -217,20 +283,26 @@ class PretrainParams(Section):
     warmup: StrictInt = Field(300, ge=0, description="Warm-up steps.")
     weight_decay: StrictFloat = Field(0.01, ge=0, description="AdamW weight decay.")
     ema_decay: StrictFloat = Field(0.999, ge=0, lt=1, description="EMA decay of the shipped weights.")
-    caption_dropout: StrictFloat = Field(0.1, ge=0, le=1, description="Probability of an empty caption (enables guidance).")
+    caption_dropout: StrictFloat = Field(
+        0.1, ge=0, le=1, description="Probability of an empty caption (enables guidance).")
     prompt_mix: Literal["uniform", "balanced"] = Field(
         "balanced", description="uniform over train prompts (98% compound/relation), or balanced over prompt kinds "
         "(single / compound / relation a third each).")
-    grid: StrictInt = Field(8, ge=1, le=8, description="Rendered objects' bounding-box corners on multiples of this many "
-                      "pixels (1: anywhere, as the spec allows; the patch size puts each object on whole tokens).")
-    object_size: StrictInt = Field(7, ge=0, le=MAX_SIZE, description="Every rendered object this many pixels across (0: "
-                             f"uniform over the spec's {MIN_SIZE}..{MAX_SIZE}).")
-    sigma_sampling: Literal["logit_normal", "uniform"] = Field("uniform", description="Training σ distribution: uniform (default; trains the high-noise layout phase) or SD3's logit-normal(0, 1).")
+    grid: StrictInt = Field(
+        8, ge=1, le=8, description="Rendered objects' bounding-box corners on multiples of this many "
+        "pixels (1: anywhere, as the spec allows; the patch size puts each object on whole tokens).")
+    object_size: StrictInt = Field(
+        7, ge=0, le=MAX_SIZE, description="Every rendered object this many pixels across (0: "
+        f"uniform over the spec's {MIN_SIZE}..{MAX_SIZE}).")
+    sigma_sampling: Literal["logit_normal", "uniform"] = Field(
+        "uniform", description="Training σ distribution: uniform (default; trains the high-noise layout phase) or "
+        "SD3's logit-normal(0, 1).")
     stop_at: StrictInt = Field(0, ge=0, description="Stop after this many steps and write `out` there (0: run all "
                          "`steps`); the LR schedule still spans `steps`.")
     save_every: StrictInt = Field(500, ge=1, description="Write an intermediate checkpoint every this many steps.")
     seed: StrictInt = Field(0, description="Seed of initialisation, data and noise.")
-    init_from: str = Field("", description="Start from this base checkpoint's weights instead of random init (empty = from scratch).")
+    init_from: str = Field(
+        "", description="Start from this base checkpoint's weights instead of random init (empty = from scratch).")
 
     @model_validator(mode="after")
     def _check_stop(self) -> PretrainParams:
@@ -249,10 +321,12 @@ class Params(Section):
     reward: RewardParams = Field(default_factory=RewardParams, description="Reward.")
     train: TrainParams = Field(default_factory=TrainParams, description="RL training.")
     entropy: EntropyParams = Field(default_factory=EntropyParams, description="Attention-entropy recording.")
-    aegpo: AEGPOParams = Field(default_factory=AEGPOParams, description="AEGPO: ΔEntropy budgets and entropy-peak exploration.")
+    aegpo: AEGPOParams = Field(
+        default_factory=AEGPOParams, description="AEGPO: ΔEntropy budgets and entropy-peak exploration.")
     mixgrpo: MixGRPOParams = Field(default_factory=MixGRPOParams, description="MixGRPO baseline: sliding SDE window.")
     eval: EvalParams = Field(default_factory=EvalParams, description="Evaluation.")
-    pretrain: PretrainParams = Field(default_factory=PretrainParams, description="Base-model pretraining (shapes world).")
+    pretrain: PretrainParams = Field(
+        default_factory=PretrainParams, description="Base-model pretraining (shapes world).")
 
     @model_validator(mode="after")
     def _check(self) -> Params:

@@ -69,7 +69,8 @@ class Rollout:
         return int(self.prompt_index.shape[0])
 
 
-def sample_seeds(base_seed: int, prompt_index: torch.Tensor, group_rank: torch.Tensor, same_noise: bool) -> torch.Tensor:
+def sample_seeds(base_seed: int, prompt_index: torch.Tensor, group_rank: torch.Tensor,
+                 same_noise: bool) -> torch.Tensor:
     """One 63-bit seed per sample from (base seed, prompt, rank in group); same_noise drops the rank.
 
     Seeds made with same_noise are for `generate(init_seeds=...)` only: used as the trajectory seeds

@@ -32,7 +32,8 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           meta: dict[str, Any]) -> None:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         pid, _, key = name.partition(".")
@@ -52,14 +53,16 @@ def save_state(
     """Write the whole state atomically: the folder is either the previous or the new complete state."""
     opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
     with atomic_directory(directory) as tmp:
-        save_file({k: p.detach().contiguous().cpu() for k, p in named_params.items()}, str(tmp / "trainable.safetensors"))
+        save_file({k: p.detach().contiguous().cpu() for k, p in named_params.items()},
+                  str(tmp / "trainable.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         if ema_tensors:
             save_file({k: v.cpu() for k, v in ema_tensors.items()}, str(tmp / "ema.safetensors"))
         (tmp / STATE_FILE).write_text(json.dumps({**info, "optimizer": opt_meta}, indent=1), encoding="utf-8")
 
 
-def load_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+def load_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                               dict[str, torch.Tensor], dict[str, Any]]:
     """(trainable tensors, optimizer tensors, ema tensors, info) of a saved state.
 
     A damaged state (a file edited, truncated or deleted by hand: the save itself is atomic)

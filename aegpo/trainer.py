@@ -368,7 +368,8 @@ class Trainer:
         if rollout.prompts != ctx.prompts:
             raise ValueError(f"stored rollout of round {self.round} was sampled for other prompts than this "
                              "run's (stale artifacts from another run?)")
-        return RoundWork(ctx, plan, self.policy.encode_prompts(ctx.prompts), rollout=rollout, scored=scored, advantages=advantages, times=dict(times or {}))
+        return RoundWork(ctx, plan, self.policy.encode_prompts(ctx.prompts), rollout=rollout, scored=scored,
+                         advantages=advantages, times=dict(times or {}))
 
     # ----- pieces ----------------------------------------------------------------------------
     def _context(self, r: int) -> RoundContext:

@@ -75,14 +75,17 @@ def prepare_eval(checkpoint: str | None, params_path: str | None = "params.yaml"
         raise CheckpointError(f"checkpoint {name} is neither a local folder nor stored at {storage.uri(name)}")
     tracking = tracking_uri or default_tracking_uri(project)
     check_tracking(tracking)
-    return EvalSpec(project_dir=str(project), params_path=None if path is None else str(path), overrides=tuple(overrides),
-                    values=params.model_dump(mode="json"), checkpoint=target, stored=stored, storage_uri=storage_uri, tracking_uri=tracking, experiment=experiment)
+    return EvalSpec(project_dir=str(project), params_path=None if path is None else str(path),
+                    overrides=tuple(overrides),
+                    values=params.model_dump(mode="json"), checkpoint=target, stored=stored, storage_uri=storage_uri,
+                    tracking_uri=tracking, experiment=experiment)
 
 
 def _local_checkpoint(spec: EvalSpec, storage: Storage) -> Path:
     if not spec.stored:
         return Path(spec.checkpoint)
-    folder = spec.project / "cache" / "checkpoints" / hashlib.sha256(storage.uri(spec.checkpoint).encode()).hexdigest()[:16]
+    folder = (spec.project / "cache" / "checkpoints"
+              / hashlib.sha256(storage.uri(spec.checkpoint).encode()).hexdigest()[:16])
     storage.get_tree(spec.checkpoint, folder)
     return folder
 

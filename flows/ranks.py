@@ -52,7 +52,8 @@ def run_ranks(spec: RunSpec) -> dict[str, Any]:
             _pull_remote_progress(store, spec.run_path)
         profile_path = distributed.broadcast_object(
             str(_profile_path(spec, store, spec.run_path)) if distributed.is_main() and spec.base_profile_key else None)
-        trainer = Trainer(params, read_prompts(params, spec.project, "train"), read_prompts(params, spec.project, "eval"),
+        trainer = Trainer(params, read_prompts(params, spec.project, "train"),
+                          read_prompts(params, spec.project, "eval"),
                           project_dir=spec.project, progress=False, base_profile_path=profile_path)
         tracker = _tracker(spec) if distributed.is_main() else None
         if trainer.base_eval_due():

@@ -88,7 +88,8 @@ def _build(spec: RunSpec) -> TrainingSession:
         store = RunStore(open_storage(spec.storage_uri, spec.project), spec.run_key)
         _pull_remote_progress(store, run_path)
         profile_path = _profile_path(spec, store, run_path)
-        trainer = Trainer(params, read_prompts(params, spec.project, "train"), read_prompts(params, spec.project, "eval"),
+        trainer = Trainer(params, read_prompts(params, spec.project, "train"),
+                          read_prompts(params, spec.project, "eval"),
                           project_dir=spec.project, progress=False, base_profile_path=profile_path)
     except BaseException:
         lock.close()

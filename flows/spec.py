@@ -122,7 +122,8 @@ def prepare_run(params_path: str | None = "params.yaml", overrides: list[str] | 
     if need_tracking:
         check_tracking(tracking)
     return RunSpec(project_dir=str(project), params_path=None if path is None else str(path),
-                   overrides=tuple(overrides), values=params.model_dump(mode="json"), run_dir=folder, run_name=name, fingerprint=run_fingerprint(params),
+                   overrides=tuple(overrides), values=params.model_dump(mode="json"), run_dir=folder, run_name=name,
+                   fingerprint=run_fingerprint(params),
                    strategy=params.train.strategy, storage_uri=uri or None, tracking_uri=tracking,
                    experiment=experiment, media_every=media_every or params.train.eval_every or 5)
 

@@ -262,7 +262,8 @@ class Storage(ABC):
             digest.update(f"{rel}:{obj.sha256}\n".encode())
         manifest = {"format": TREE_FORMAT, "version": version, "files": entries, "digest": digest.hexdigest()}
         self.put_json(f"{key}/{TREE_MANIFEST}", manifest)
-        stale = [k for k in self.list(key + "/") if not k.startswith(f"{key}/{version}/") and k != f"{key}/{TREE_MANIFEST}"]
+        stale = [k for k in self.list(key + "/")
+                 if not k.startswith(f"{key}/{version}/") and k != f"{key}/{TREE_MANIFEST}"]
         if stale:
             self.delete(stale)
         return manifest

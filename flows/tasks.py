@@ -94,7 +94,8 @@ def profile_base_entropy(spec: RunSpec) -> dict[str, Any]:
     log = run_logger()
     log.info("base-entropy profile: probing %d prompts (one ODE trajectory each)", len(prompts))
     progress = step_logger("base-entropy profile", "prompts", log.info)
-    _, path, _ = load_or_compute_base_profile(policy, base_ref["manifest_sha256"], prompts, ProbeSpec.from_params(params),
+    _, path, _ = load_or_compute_base_profile(policy, base_ref["manifest_sha256"], prompts,
+                                              ProbeSpec.from_params(params),
                                               recorder, spec.project / params.aegpo.cache_dir, progress=progress)
     data = path.read_bytes()
     local = storage.local_path(store_key)

@@ -133,7 +133,8 @@ def allocation_table(record: RoundRecord) -> dict[str, list]:
     return {"round": [record.round] * n, "prompt_id": [p.prompt_id for p in pp], "prompt": [p.prompt for p in pp],
             "delta_entropy": col("delta_entropy"), "base_entropy": col("base_entropy"),
             "current_entropy": col("current_entropy"), "group_size": [p.group_size for p in pp],
-            "chosen_steps": [" ".join(map(str, s)) for s in col("chosen_steps")] if plan.get("chosen_steps") else [""] * n,
+            "chosen_steps": ([" ".join(map(str, s)) for s in col("chosen_steps")] if plan.get("chosen_steps")
+                             else [""] * n),
             "reward_mean": [p.reward_mean for p in pp], "reward_std": [p.reward_std for p in pp]}
 
 
@@ -180,7 +181,8 @@ class Tracker:
             else:
                 self._check_artifact_location(exp.artifact_location)
                 self._experiment_id = exp.experiment_id
-                if EXPERIMENT_KIND_TAG not in exp.tags:  # experiments made before the tag existed (never override a choice)
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # experiments made before the tag existed
+                    # (never override a choice)
                     self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return self._experiment_id
 

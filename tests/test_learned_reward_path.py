@@ -24,7 +24,8 @@ def pickscore_dir(tmp_path_factory):
 def _overrides(tiny_base, pickscore_dir, out):
     eval_file = out.parent / "eval.txt"
     eval_file.write_text("a blue circle\ntwo red triangles\n")
-    return ["-S", f"eval.prompts={eval_file}", "-S", f"model.checkpoint={tiny_base}", "-S", f"train.out_dir={out}", "-S", "train.rounds=1",
+    return ["-S", f"eval.prompts={eval_file}", "-S", f"model.checkpoint={tiny_base}", "-S", f"train.out_dir={out}",
+            "-S", "train.rounds=1",
             "-S", "train.prompts_per_round=2", "-S", "train.group_size=4", "-S", "aegpo.high_group=4",
             "-S", "aegpo.low_group=4", "-S", "sampler.num_steps=3",
             "-S", "eval.num_steps=2", "-S", "eval.samples_per_prompt=1", "-S", "model.lora.rank=2",

@@ -39,7 +39,8 @@ def test_impossible_k_is_an_error_and_caught_at_config_load():
     with pytest.raises(ParamsError, match="aegpo.peaks_k"):
         shipped_params(["train.strategy=aegpo", "sampler.num_steps=4", "aegpo.peaks_k=4"])
     with pytest.raises(ParamsError, match="min_spacing"):
-        shipped_params(["train.strategy=aegpo_local", "aegpo.peak_rule=peaks", "aegpo.min_spacing=4", "aegpo.peaks_k=4"])
+        shipped_params(["train.strategy=aegpo_local", "aegpo.peak_rule=peaks", "aegpo.min_spacing=4",
+                        "aegpo.peaks_k=4"])
     with pytest.raises(ValueError, match="NaN"):
         select_steps(np.array([[0.1, np.nan, 0.2]]), 1)
 

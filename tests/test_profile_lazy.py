@@ -12,7 +12,8 @@ from aegpo.entropy.profile import ProbeSpec, ProfileStore, load_or_compute_base_
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.trainer import Trainer
 
-TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
+TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
+         "a yellow circle and a red square"]
 EVAL = ["a blue circle"]
 
 

@@ -73,7 +73,8 @@ def test_samples_have_the_stated_std(kind):
     sigmas = sigma_schedule(10, 1.0)
     x = torch.zeros(4000, 16)
     v = torch.zeros_like(x)
-    out = step(kind, x, v, sigmas[3], sigmas[4], 0.7, sigma_max=float(sigmas[1]), generator=torch.Generator().manual_seed(0))
+    out = step(kind, x, v, sigmas[3], sigmas[4], 0.7, sigma_max=float(sigmas[1]),
+               generator=torch.Generator().manual_seed(0))
     emp = (out.prev - out.mean).std()
     assert emp.item() == pytest.approx(out.std[0].item(), rel=0.02)
 

@@ -9,7 +9,8 @@ from aegpo.strategies.registry import STRATEGIES, build_strategy
 from aegpo.tables import PROFILE_SCHEMA, read_table
 from aegpo.trainer import Trainer
 
-TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
+TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
+         "a yellow circle and a red square"]
 EVAL = ["a blue circle", "two red triangles"]
 
 
@@ -37,7 +38,8 @@ def test_each_strategy_runs_one_round(tiny_base, tmp_path, strategy):
     if strategy in ("aegpo", "aegpo_local"):
         assert all(len(s) == 2 and max(s) < 4 for s in record.plan["chosen_steps"])
     if strategy in ("aegpo", "aegpo_global"):
-        assert len(record.plan["delta_entropy"]) == 3 and max(record.plan["delta_entropy"]) < 1e-5  # round 0: policy = base
+        assert len(record.plan["delta_entropy"]) == 3 and max(record.plan["delta_entropy"]) < 1e-5  # round 0:
+        # policy = base
 
 
 def test_base_profile_is_lazy_cached_per_prompt_and_matches_schema(tiny_base, tmp_path):
@@ -72,14 +74,16 @@ def _ctx(params, entropy, base):
             entropy = torch.tensor(np.asarray([entropy[prompts.index(p)] for p in ps]))
         return R()
 
-    return RoundContext(0, prompts, list(range(len(prompts))), 5, np.random.default_rng(0), probe=probe, base_profile=profile)
+    return RoundContext(0, prompts, list(range(len(prompts))), 5, np.random.default_rng(0), probe=probe,
+                        base_profile=profile)
 
 
 def test_aegpo_allocates_by_delta_entropy_and_explores_peaks(tiny_base, tmp_path):
     params = _params(tiny_base, tmp_path, "aegpo", "train.group_size=6", "aegpo.high_group=8", "aegpo.low_group=4",
                      "aegpo.peak_direction=high")  # the paper's maxima (the shipped file takes the minima)
     base = [[1.0, 1.0, 1.0, 1.0, 1.0]] * 4
-    current = [[1.0, 3.0, 1.0, 2.0, 9.0], [1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0], [1.1, 1.0, 1.0, 1.0, 1.0]]
+    current = [[1.0, 3.0, 1.0, 2.0, 9.0], [1.0, 1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0],
+               [1.1, 1.0, 1.0, 1.0, 1.0]]
     plan = build_strategy(params).plan_round(_ctx(params, current, base))
     assert plan.group_sizes == [8, 4, 8, 4] and sum(plan.group_sizes) == 24
     assert plan.info["chosen_steps"][0] == [1, 3]  # top-2 of steps 0..3 (the last step is never explored)

@@ -8,7 +8,8 @@ from aegpo.checkpoint import load_policy, read_manifest
 from aegpo.record import RoundRecord
 from aegpo.trainer import Trainer
 
-TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
+TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
+         "a yellow circle and a red square"]
 EVAL = ["a blue circle", "two red triangles"]
 
 
@@ -43,7 +44,8 @@ def test_one_round_smoke(tiny_base, tmp_path):
 def test_resume_reproduces_an_uninterrupted_run(tiny_base, tmp_path):
     straight = Trainer(_params(tiny_base, tmp_path / "a", "train.eval_base=false"), TRAIN, EVAL, progress=False)
     straight.run()
-    first = Trainer(_params(tiny_base, tmp_path / "b", "train.eval_base=false", "train.rounds=1"), TRAIN, EVAL, progress=False)
+    first = Trainer(_params(tiny_base, tmp_path / "b", "train.eval_base=false", "train.rounds=1"), TRAIN, EVAL,
+                    progress=False)
     first.run()
     resumed = Trainer(_params(tiny_base, tmp_path / "b", "train.eval_base=false"), TRAIN, EVAL, progress=False)
     assert resumed.round == 1
@@ -54,7 +56,8 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_base, tmp_path):
 
 
 def test_resume_refuses_changed_parameters(tiny_base, tmp_path):
-    Trainer(_params(tiny_base, tmp_path / "c", "train.rounds=1", "train.eval_base=false"), TRAIN, EVAL, progress=False).run()
+    Trainer(_params(tiny_base, tmp_path / "c", "train.rounds=1", "train.eval_base=false"), TRAIN, EVAL,
+            progress=False).run()
     with pytest.raises(ValueError, match="train.optim.lr"):
         Trainer(_params(tiny_base, tmp_path / "c", "train.optim.lr=0.1"), TRAIN, EVAL, progress=False)
 

@@ -54,7 +54,8 @@ def variant_params(params: Params, name: str) -> Params:
 def ablation_table(rows: list[tuple[str, str, dict[str, Any]]], nfe_budget: int, seeds: list[int]) -> str:
     """table.md: one row per (name, overrides, the efficiency summary's `aegpo` entry)."""
     lines = [f"`aegpo` at {nfe_budget} NFE per run, seeds {','.join(map(str, seeds))}", "",
-             "| variant | overrides | final strict (mean ± std) | final dense (mean) | seeds |", "|---|---|---|---|---|"]
+             "| variant | overrides | final strict (mean ± std) | final dense (mean) | seeds |",
+             "|---|---|---|---|---|"]
     for name, overrides, s in rows:
         lines.append(f"| {name} | {overrides or '—'} | {s['final_strict_mean']:.3f} ± {s['final_strict_std']:.3f} | "
                      f"{s['final_dense_mean']:.3f} | {','.join(map(str, s['seeds']))} |")

@@ -160,7 +160,8 @@ def summarize(rows: list[dict[str, Any]], spec: BenchSpec, base_strict: float) -
         target = base_strict + 0.5 * (best - base_strict)
     else:
         target = None  # nothing improved on the base: a target below it would be "reached" at NFE 0
-    out: dict[str, Any] = {"target_strict": target, "base_strict": base_strict, "best_final_mean": best, "strategies": {}}
+    out: dict[str, Any] = {"target_strict": target, "base_strict": base_strict, "best_final_mean": best,
+                           "strategies": {}}
     for s in spec.strategies:
         reach = [nfe_to_reach(by_run[(s, seed)], target) if target is not None else float("inf") for seed in spec.seeds]
         finite = [x for x in reach if np.isfinite(x)]
@@ -280,7 +281,8 @@ def run_efficiency(params: Params, spec: BenchSpec, out: str | Path) -> dict[str
     summary = summarize(rows, spec, base_eval["strict"])
     summary["settings"] = {"nfe_budget": spec.nfe_budget, "eval_every_nfe": spec.eval_every_nfe,
                            "machine": machine_description(), "jobs": spec.jobs, "date": time.strftime("%Y-%m-%d"),
-                           "params": {k: v for k, v in params.model_dump().items() if k in ("sampler", "train", "aegpo", "reward")}}
+                           "params": {k: v for k, v in params.model_dump().items()
+                                      if k in ("sampler", "train", "aegpo", "reward")}}
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "table.md", table_markdown(summary))
     plot(rows, spec, summary, out / "curves.png")

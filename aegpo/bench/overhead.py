@@ -87,9 +87,11 @@ def run_overhead(params: Params, out: str | Path, num_prompts: int = 32, repeats
     s = params.sampler
     idx = torch.arange(len(prompts))
     seeds = sample_seeds(0, idx, torch.zeros_like(idx), False)
-    plan = StepPlan(torch.ones(len(prompts), s.num_steps, dtype=torch.bool), torch.zeros(len(prompts), s.num_steps, dtype=torch.bool))
+    plan = StepPlan(torch.ones(len(prompts), s.num_steps, dtype=torch.bool),
+                    torch.zeros(len(prompts), s.num_steps, dtype=torch.bool))
     recorders = {name: EntropyRecorder(layers=v["layers"], heads=v["heads"], keys=e.keys, normalize=e.normalize,
-                                       query_stride=v["query_stride"], chunk_size=e.chunk_size) for name, v in variants.items()}
+                                       query_stride=v["query_stride"], chunk_size=e.chunk_size)
+                 for name, v in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in ["off", *variants]}
     peaks: dict[str, list[float]] = {name: [] for name in times}
     entropy: dict[str, np.ndarray] = {}
@@ -161,6 +163,7 @@ def overhead_markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> st
     for r in rows:
         corr = f"{r['prompt_rank_corr']:.3f}" if "prompt_rank_corr" in r else "-"
         ov = f"{r['peak_overlap']:.2f}" if "peak_overlap" in r else "-"
-        lines.append(f"| {r['variant']} | {r['layers']} | {r['heads']} | {r['query_stride']} | {r['seconds_median']:.2f} "
+        lines.append(f"| {r['variant']} | {r['layers']} | {r['heads']} | {r['query_stride']} "
+                     f"| {r['seconds_median']:.2f} "
                      f"| {r['time_ratio']:.3f} | {r['extra_mib']:.1f} | {r['memory_ratio']:.3f} | {corr} | {ov} |")
     return "\n".join(lines) + "\n"

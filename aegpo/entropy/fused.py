@@ -31,7 +31,8 @@ def _attention_and_lse(q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[
     """(o (B, H, Q, D), lse (B, H, Q) float32) of attention(q, k, v=k), or None if no fused op applies."""
     head_dim = q.shape[-1]
     if q.device.type == "cpu":
-        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, 0.0, False, attn_mask=None, scale=scale)
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, 0.0, False, attn_mask=None,
+                                                                         scale=scale)
         return out[0], out[1]
     if q.device.type == "cuda":
         if q.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256:

@@ -70,7 +70,8 @@ def probe_seeds(prompts: list[str], seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def probe(policy, prompts: list[str], spec: ProbeSpec, recorder, batch_size: int = 64, progress: bool = False) -> Rollout:
+def probe(policy, prompts: list[str], spec: ProbeSpec, recorder, batch_size: int = 64,
+          progress: bool = False) -> Rollout:
     """One ODE trajectory per prompt with entropy at every step: rollout.entropy_layers (P, T, L)."""
     n = len(prompts)
     seeds = probe_seeds(prompts, spec.seed)

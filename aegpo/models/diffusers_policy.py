@@ -53,7 +53,8 @@ def resolve_source(path: str, revision: str | None, project_dir: str | Path, kin
     if local.is_dir():
         if not (local / "model_index.json").is_file():
             raise PretrainedModelError(f"model.pretrained.path: {local} has no model_index.json "
-                                       "(expected a diffusers pipeline folder, e.g. from `hf download <repo> --local-dir DIR`)")
+                                       "(expected a diffusers pipeline folder, e.g. from "
+                                       "`hf download <repo> --local-dir DIR`)")
         return local.resolve()
     if path.count("/") == 1 and not path.startswith((".", "/")):
         from huggingface_hub import snapshot_download
@@ -142,7 +143,8 @@ class PipelinePolicy(FlowPolicy):
         """Batched text tensors (dim 0 = prompts) for `prompts`, computed on `device`."""
 
     @abstractmethod
-    def denoise(self, latents: torch.Tensor, sigma: torch.Tensor, text: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, sigma: torch.Tensor, text: dict[str, torch.Tensor],
+                prefix: str) -> torch.Tensor:
         """One denoiser call on latents (B, *latent_shape) in the model dtype; `text[prefix + name]` are its inputs."""
 
     # ----- loading -----------------------------------------------------------------------------

@@ -29,7 +29,8 @@ class SD3Policy(PipelinePolicy):
 
     def text_encoders(self) -> list:
         pipe = self._pipe
-        return [e for e in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")) if e is not None]
+        return [e for e in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3"))
+                if e is not None]
 
     def encode_batch(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         """{"states": (B, 77 + T5 tokens, joint_dim), "pooled": (B, pooled_dim)} in the model dtype."""

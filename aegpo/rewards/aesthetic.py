@@ -23,7 +23,9 @@ from aegpo.rewards.weights import load_state_dict
 
 
 class AestheticOptions(ModelRewardOptions):
-    head: str = Field(..., description="Aesthetic head weights (.safetensors, or the published .pth read with weights_only=True), e.g. sac+logos+ava1-l14-linearMSE.safetensors.")
+    head: str = Field(
+        ..., description="Aesthetic head weights (.safetensors, or the published .pth read with weights_only=True), "
+        "e.g. sac+logos+ava1-l14-linearMSE.safetensors.")
 
 
 class AestheticReward(ModelReward):
@@ -41,7 +43,8 @@ class AestheticReward(ModelReward):
             raise RewardModelError(f"reward.models.{self.name}.head: {err}") from None
         embed_dim = self.clip.model.config.projection_dim
         if self.head.in_features != embed_dim:
-            raise RewardModelError(f"reward.models.{self.name}.head: takes {self.head.in_features}-d embeddings but the "
+            raise RewardModelError(f"reward.models.{self.name}.head: takes {self.head.in_features}-d embeddings "
+                                   "but the "
                                    f"CLIP model gives {embed_dim}-d (ViT-L/14 heads need ViT-L/14)")
 
     def validate_prompt(self, prompt: str) -> None:

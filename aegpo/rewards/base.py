@@ -34,7 +34,8 @@ class Reward(ABC):
     def __init__(self, weights: dict[str, float]) -> None:
         unknown = sorted(set(weights) - set(self.parts))
         if unknown:
-            raise ValueError(f"reward.weights: unknown parts {unknown} for {type(self).__name__} (expected {list(self.parts)})")
+            raise ValueError(f"reward.weights: unknown parts {unknown} for {type(self).__name__} "
+                             f"(expected {list(self.parts)})")
         if not any(w != 0 for w in weights.values()):
             raise ValueError("reward.weights: at least one weight must be non-zero")
         self.weights = dict(weights)

@@ -70,10 +70,13 @@ def open_clip_config(state: dict[str, torch.Tensor]) -> CLIPConfig:
     v_width, _, patch, _ = state["visual.conv1.weight"].shape
     grid = int(round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5))
     t_vocab, t_width = state["token_embedding.weight"].shape
-    vision = dict(hidden_size=v_width, intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                  num_hidden_layers=_layers(state, "visual.transformer.resblocks."), num_attention_heads=_heads(v_width),
+    vision = dict(hidden_size=v_width,
+                  intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+                  num_hidden_layers=_layers(state, "visual.transformer.resblocks."),
+                  num_attention_heads=_heads(v_width),
                   image_size=grid * patch, patch_size=patch, hidden_act="gelu", layer_norm_eps=1e-5)
-    text = dict(vocab_size=t_vocab, hidden_size=t_width, intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+    text = dict(vocab_size=t_vocab, hidden_size=t_width,
+                intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
                 num_hidden_layers=_layers(state, "transformer.resblocks."), num_attention_heads=_heads(t_width),
                 max_position_embeddings=state["positional_embedding"].shape[0], hidden_act="gelu", layer_norm_eps=1e-5,
                 eos_token_id=2)  # 2 selects transformers' legacy argmax pooling = open_clip's rule
@@ -88,7 +91,8 @@ def _tower(state: dict[str, torch.Tensor], src: str, dst: str, layers: int) -> d
             out[d + b] = state[s + a]
         for kind in ("weight", "bias"):
             q, k, v = state[f"{s}attn.in_proj_{kind}"].chunk(3, dim=0)
-            out.update({f"{d}self_attn.q_proj.{kind}": q, f"{d}self_attn.k_proj.{kind}": k, f"{d}self_attn.v_proj.{kind}": v})
+            out.update({f"{d}self_attn.q_proj.{kind}": q, f"{d}self_attn.k_proj.{kind}": k,
+                        f"{d}self_attn.v_proj.{kind}": v})
     return out
 
 
@@ -116,7 +120,8 @@ def open_clip_to_transformers(state: dict[str, torch.Tensor]) -> tuple[CLIPConfi
     out.update(_tower(state, "visual.transformer.resblocks.", "vision_model.encoder.layers.", vl))
     direct = {"logit_scale", "token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias",
               "text_projection", "visual.class_embedding", "visual.positional_embedding", "visual.conv1.weight",
-              "visual.ln_pre.weight", "visual.ln_pre.bias", "visual.ln_post.weight", "visual.ln_post.bias", "visual.proj"}
+              "visual.ln_pre.weight", "visual.ln_pre.bias", "visual.ln_post.weight", "visual.ln_post.bias",
+              "visual.proj"}
     tower = re.compile(r"(visual\.)?transformer\.resblocks\.\d+\.(.+)$")
     tower_names = set(TOWER_KEYS) | {"attn.in_proj_weight", "attn.in_proj_bias"}
     unknown = sorted(k for k in state if k not in direct and k not in IGNORED
@@ -133,7 +138,8 @@ def clip_from_open_clip(state: dict[str, torch.Tensor]) -> CLIPModel:
     missing, unexpected = model.load_state_dict(hf_state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"open_clip → CLIPModel mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"open_clip → CLIPModel mapping incomplete: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
     return model
 
 
@@ -143,7 +149,9 @@ def _checkpoint_in(folder: Path) -> Path | None:
 
 
 class HPSv2Options(ModelRewardOptions):
-    tokenizer: str | None = Field(None, description="Folder with the CLIP BPE tokenizer files (laion/CLIP-ViT-H-14-laion2B-s32B-b79K); null = path when it is a folder with them.")
+    tokenizer: str | None = Field(
+        None, description="Folder with the CLIP BPE tokenizer files (laion/CLIP-ViT-H-14-laion2B-s32B-b79K); null = "
+        "path when it is a folder with them.")
 
 
 class HPSv2Reward(ModelReward):
@@ -156,7 +164,8 @@ class HPSv2Reward(ModelReward):
         path = self.resolve(self.options.path, "path")
         tok_dir = self.resolve(self.options.tokenizer, "tokenizer", "dir") if self.options.tokenizer else path
         if not tok_dir.is_dir():
-            raise RewardModelError(f"{where}.tokenizer: required when path is a file (a folder with the CLIP tokenizer)")
+            raise RewardModelError(f"{where}.tokenizer: required when path is a file "
+                                   "(a folder with the CLIP tokenizer)")
         if path.is_dir() and (path / "config.json").is_file():  # transformers format (converted)
             self.clip = load_clip_encoder(path, tok_dir, self.device, self.dtype, where)
             return
@@ -182,13 +191,15 @@ def convert(src: str | Path, dst: str | Path, tokenizer: str | Path | None = Non
     model.save_pretrained(str(dst))
     if tokenizer is not None:
         for f in Path(tokenizer).iterdir():
-            if f.is_file() and ("token" in f.name or f.name in ("vocab.json", "merges.txt", "preprocessor_config.json")):
+            if f.is_file() and ("token" in f.name
+                                or f.name in ("vocab.json", "merges.txt", "preprocessor_config.json")):
                 shutil.copy2(f, dst / f.name)
     return dst
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Convert HPS_v2.1_compressed.pt (open_clip) to a transformers CLIPModel folder.")
+    parser = argparse.ArgumentParser(
+        description="Convert HPS_v2.1_compressed.pt (open_clip) to a transformers CLIPModel folder.")
     parser.add_argument("src")
     parser.add_argument("dst")
     parser.add_argument("--tokenizer", help="folder whose tokenizer files are copied into DST")

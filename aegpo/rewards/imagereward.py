@@ -87,7 +87,8 @@ def blip_modules(state: dict[str, torch.Tensor]) -> tuple[BlipVisionModel, BlipT
     _load(vision, vision_state, "blip.visual_encoder")
 
     prefix = "blip.text_encoder."
-    text_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.endswith("position_ids")}
+    text_state = {k[len(prefix):]: v for k, v in state.items()
+                  if k.startswith(prefix) and not k.endswith("position_ids")}
     vocab, hidden = text_state["embeddings.word_embeddings.weight"].shape
     text = BlipTextModel(BlipTextConfig(
         vocab_size=vocab, hidden_size=hidden, encoder_hidden_size=width,
@@ -121,7 +122,9 @@ def blip_tokenizer(folder: Path) -> BertTokenizer:
 
 
 class ImageRewardOptions(ModelRewardOptions):
-    tokenizer: str = Field(..., description="Folder with the bert-base-uncased tokenizer (vocab.txt or tokenizer.json); BLIP's [DEC]/[ENC] tokens are added here.")
+    tokenizer: str = Field(
+        ..., description="Folder with the bert-base-uncased tokenizer (vocab.txt or tokenizer.json); BLIP's "
+        "[DEC]/[ENC] tokens are added here.")
 
 
 class ImageRewardReward(ModelReward):
@@ -135,7 +138,8 @@ class ImageRewardReward(ModelReward):
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix in (*PICKLE_SUFFIXES, ".safetensors"))
             if len(files) != 1:
-                raise RewardModelError(f"{where}.path: {path} must hold exactly one checkpoint file (found {len(files)})")
+                raise RewardModelError(f"{where}.path: {path} must hold exactly one checkpoint file "
+                                       f"(found {len(files)})")
             path = files[0]
         try:
             self.vision, self.text, self.head = blip_modules(load_state_dict(path))

@@ -28,9 +28,13 @@ class RewardModelError(ValueError):
 class ModelRewardOptions(Section):
     """`reward.models.<name>`: where the weights are and how to run them."""
 
-    path: str = Field(..., description="Folder (or file) of the reward model's weights; relative paths are relative to the project folder. See docs/rewards.md for each reward's layout and source.")
-    device: str = Field("auto", description="torch device of the reward model: auto (cuda if available), cpu, cuda, cuda:1, ...")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights/activations dtype; scores are returned as float64.")
+    path: str = Field(
+        ..., description="Folder (or file) of the reward model's weights; relative paths are relative to the project "
+        "folder. See docs/rewards.md for each reward's layout and source.")
+    device: str = Field(
+        "auto", description="torch device of the reward model: auto (cuda if available), cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights/activations dtype; scores are returned as float64.")
     batch_size: int = Field(32, ge=1, description="Images per forward pass.")
 
 

@@ -20,7 +20,9 @@ from aegpo.rewards.model_base import ModelReward, ModelRewardOptions
 
 
 class PickScoreOptions(ModelRewardOptions):
-    processor: str | None = Field(None, description="Folder with the CLIP tokenizer and preprocessor_config.json (laion/CLIP-ViT-H-14-laion2B-s32B-b79K); null = path.")
+    processor: str | None = Field(
+        None, description="Folder with the CLIP tokenizer and preprocessor_config.json "
+        "(laion/CLIP-ViT-H-14-laion2B-s32B-b79K); null = path.")
 
 
 class PickScoreReward(ModelReward):
@@ -30,7 +32,8 @@ class PickScoreReward(ModelReward):
 
     def load(self) -> None:
         model_dir = self.resolve(self.options.path, "path", "dir")
-        processor_dir = self.resolve(self.options.processor, "processor", "dir") if self.options.processor else model_dir
+        processor_dir = (self.resolve(self.options.processor, "processor", "dir") if self.options.processor
+                         else model_dir)
         self.clip = load_clip_encoder(model_dir, processor_dir, self.device, self.dtype, f"reward.models.{self.name}")
 
     def score_batch(self, images: np.ndarray, prompts: list[str]) -> torch.Tensor:

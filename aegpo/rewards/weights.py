@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-def load_state_dict(path: str | Path, nested_keys: tuple[str, ...] = ("state_dict", "model")) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | Path,
+                    nested_keys: tuple[str, ...] = ("state_dict", "model")) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file, or of a pickle read with weights_only=True.
 
     A pickle holding {"state_dict": {...}} (open_clip/HPS) or {"model": {...}} is unwrapped; a

@@ -321,7 +321,8 @@ def shape_fit(f: dict[str, np.ndarray]) -> np.ndarray:
     (the windows are the same), and falls off smoothly for a slightly oval circle or a notched square:
     graded credit for a blob that is almost a legal shape (the `soft` reward part).
     """
-    ex, ey, fill, sy, vr, r4 = (np.asarray(f[k], np.float64) for k in ("ext_x", "ext_y", "fill", "skew_y", "var_ratio", "r4"))
+    ex, ey, fill, sy, vr, r4 = (np.asarray(f[k], np.float64)
+                                for k in ("ext_x", "ext_y", "fill", "skew_y", "var_ratio", "r4"))
     lo, hi = np.minimum(ex, ey), np.maximum(ex, ey)
     inf, sc = np.inf, FIT_SCALE
     common = (
@@ -329,7 +330,8 @@ def shape_fit(f: dict[str, np.ndarray]) -> np.ndarray:
         + _gap(hi / np.maximum(lo, 1e-9), -inf, ASPECT_MAX, sc["aspect"])
         + _gap(np.abs(np.asarray(f["skew_x"])), -inf, SKEW_X_MAX, sc["skew"])
     )  # fmt: skip
-    tri = _gap(sy, -inf, SKEW_TRI, sc["skew"]) + _gap(fill, *FILL_TRI, sc["fill"]) + _gap(vr, *VAR_RATIO_TRI, sc["var_ratio"])
+    tri = (_gap(sy, -inf, SKEW_TRI, sc["skew"]) + _gap(fill, *FILL_TRI, sc["fill"])
+           + _gap(vr, *VAR_RATIO_TRI, sc["var_ratio"]))
     sym = _gap(np.abs(sy), -inf, SKEW_SYM, sc["skew"]) + _gap(vr, *VAR_RATIO_SYM, sc["var_ratio"])
     square = sym + _gap(r4, -inf, R4_SPLIT, sc["r4"]) + _gap(fill, *FILL_SQUARE, sc["fill"])
     circle = sym + _gap(r4, R4_SPLIT, R4_CIRCLE_MAX, sc["r4"]) + _gap(fill, *FILL_CIRCLE, sc["fill"])
@@ -369,7 +371,8 @@ def detect(image: np.ndarray) -> list[Detected]:
 def _parts(meas: dict[str, np.ndarray], codes: np.ndarray, idx) -> list[tuple]:
     fits = shape_fit({k: v[list(idx)] for k, v in meas.items()})
     return [
-        (_SHAPE_CODES[codes[j]], (float(meas["cx"][j]), float(meas["cy"][j])), float(meas["area"][j]), tuple(map(float, fit)))
+        (_SHAPE_CODES[codes[j]], (float(meas["cx"][j]), float(meas["cy"][j])), float(meas["area"][j]),
+         tuple(map(float, fit)))
         for j, fit in zip(idx, fits)
     ]
 

@@ -100,7 +100,8 @@ def validate_peaks_k(params, min_spacing: int = 1) -> None:
     k, t = params.aegpo.peaks_k, params.sampler.num_steps
     if k > max_selectable(t, min_spacing):
         raise ValueError(f"aegpo.peaks_k: {k} steps cannot be chosen among the {t - 1} explorable steps "
-                         f"of sampler.num_steps = {t}" + (f" with min_spacing {min_spacing}" if min_spacing > 1 else ""))
+                         f"of sampler.num_steps = {t}"
+                         + (f" with min_spacing {min_spacing}" if min_spacing > 1 else ""))
 
 
 def random_train_steps(num_samples: int, num_steps: int, k: int, rng: np.random.Generator) -> torch.Tensor:

@@ -9,7 +9,8 @@ def test_gpu_check_tiny_end_to_end(tmp_path):
     summary = gpu.run(["--out", str(tmp_path), "--tiny", "--device", "cpu"])
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["checks_passed"] is True and summary["checks_passed"] is True
-    assert {"card", "entropy_time_ratio", "entropy_extra_gib", "mfu", "bf16_peak_tflops", "measured_matmul_tflops"} <= set(saved)
+    assert {"card", "entropy_time_ratio", "entropy_extra_gib", "mfu", "bf16_peak_tflops",
+            "measured_matmul_tflops"} <= set(saved)
     assert saved["card"] == "cpu" and saved["mfu"] is None  # no bf16 peak for a CPU
     for kind in ("sd3", "flux"):
         model = saved["models"][kind]

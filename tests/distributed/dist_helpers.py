@@ -25,7 +25,8 @@ def params_text(strategy: str = "aegpo", rounds: int = 3, **train: object) -> st
     """A tiny run: 4 prompts per round (groups of 2 and 4 under aegpo), 4 sampler steps, JPEG-size reward,
     4 minibatches per round (so that a rank sometimes has no sample in one and pads); `train` overrides."""
     t = {"prompts": "data/train.txt", "strategy": strategy, "rounds": rounds, "prompts_per_round": 4, "group_size": 3,
-         "eval_every": 0, "eval_base": "false", "out_dir": "runs/train", "micro_batch": 4, "optimizer_steps": 4, **train}
+         "eval_every": 0, "eval_base": "false", "out_dir": "runs/train", "micro_batch": 4, "optimizer_steps": 4,
+         **train}
     return "\n".join([
         "seed: 0",
         "model: {checkpoint: base, lora: {rank: 4}, threads: 1}",
@@ -70,7 +71,8 @@ def run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.Completed
 
 def run_ok(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     out = run(cmd, cwd, timeout)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    assert out.returncode == 0, (f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n"
+                                 f"{out.stderr[-5000:]}")
     return out
 
 

@@ -53,7 +53,8 @@ def test_fsdp2_full_fine_tuning_on_two_ranks_trains_what_one_process_trains(one_
     assert len(trainable(proj)) > 60  # every denoiser weight, not adapters
     assert max_abs_diff(trainable(proj), trainable(ref)) <= TOL
     for name in ("optimizer.safetensors",):
-        assert max_abs_diff(load_file(proj / "runs/train/state" / name), load_file(ref / "runs/train/state" / name)) <= TOL
+        assert max_abs_diff(load_file(proj / "runs/train/state" / name),
+                            load_file(ref / "runs/train/state" / name)) <= TOL
     assert max_abs_diff(load_file(proj / "runs/train/checkpoint/denoiser.safetensors"),
                         load_file(ref / "runs/train/checkpoint/denoiser.safetensors")) <= TOL
     assert_records_agree(records(proj), records(ref))

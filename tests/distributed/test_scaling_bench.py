@@ -16,7 +16,8 @@ from dist_helpers import run_ok
 def test_scaling_bench_on_a_tiny_run(make_dist_project):
     proj = make_dist_project()
     out = proj / "scaling"
-    run_ok([sys.executable, "-m", "aegpo.cli", "bench", "scaling", "--out", str(out), "--rounds", "2"], proj, timeout=600)
+    run_ok([sys.executable, "-m", "aegpo.cli", "bench", "scaling", "--out", str(out), "--rounds", "2"], proj,
+           timeout=600)
     s = json.loads((out / "summary.json").read_text())
     assert s["ranks"] == [1, 2] and s["speedup"][0] == 1.0
     assert all(v > 0 for v in s["images_per_s"] + s["seconds_per_round"])

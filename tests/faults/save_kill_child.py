@@ -21,14 +21,16 @@ import torch
 from aegpo.config import load_params
 from aegpo.trainer import Trainer
 
-TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
+TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
+         "a yellow circle and a red square"]
 
 
 def tiny_params(base: str, overrides: list[str]):
     return load_params(None, [
         f"model.checkpoint={base}", "train.out_dir=run", "train.rounds=2", "train.prompts_per_round=2",
         "train.group_size=3", "sampler.num_steps=4", "eval.num_steps=3", "train.eval_every=0", "train.save_every=1",
-        "model.lora.rank=4", "entropy.layers=[0]", "aegpo.peaks_k=2", "train.ema_decay=0.5", "train.eval_base=false", *overrides])
+        "model.lora.rank=4", "entropy.layers=[0]", "aegpo.peaks_k=2", "train.ema_decay=0.5", "train.eval_base=false",
+        *overrides])
 
 
 def child(job: dict, counter_path: str) -> None:

@@ -35,7 +35,8 @@ def test_score_checks_the_image_size_before_decoding(tmp_path, capsys):
     images.mkdir()
     Image.new("1", (12000, 12000)).save(images / "0000.png")  # small file, 144 Mpixel image
     t0 = time.monotonic()
-    code = main(["score", "--images", str(images), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o.json")])
+    code = main(["score", "--images", str(images), "--prompts", str(tmp_path / "p.txt"),
+                 "--out", str(tmp_path / "o.json")])
     err = capsys.readouterr().err
     assert code == 2 and "0000.png is 12000x12000 pixels" in err and "downscale" in err
     assert time.monotonic() - t0 < 10 and not (tmp_path / "o.json").exists()
@@ -53,7 +54,8 @@ def test_score_names_an_image_that_is_not_an_image(tmp_path, capsys):
 def test_a_huge_prompt_is_not_echoed_whole(tmp_path, capsys):
     huge = "x" * 3_600_000
     (tmp_path / "p.txt").write_text(f"a red circle\n{huge}\n")
-    code = main(["score", "--images", str(tmp_path), "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o.json")])
+    code = main(["score", "--images", str(tmp_path), "--prompts", str(tmp_path / "p.txt"),
+                 "--out", str(tmp_path / "o.json")])
     err = capsys.readouterr().err
     assert code == 2 and "p.txt, line 2" in err
     assert len(err) < 3000 and "characters)" in err

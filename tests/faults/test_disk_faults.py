@@ -120,7 +120,8 @@ def test_read_only_disk_fails_at_start_and_keeps_the_run(tiny_base, tmp_path, ca
                 Trainer(_params(tiny_base), TRAIN, None, project_dir=disk, progress=False)
             (tmp_path / "t.txt").write_text("\n".join(TRAIN) + "\n")
             (tmp_path / "p.yaml").write_text("seed: 0\n")
-            code = main(["train", "--params", str(tmp_path / "p.yaml"), "-S", f"model.checkpoint={tiny_base}", "-S", f"train.out_dir={disk / 'run'}",
+            code = main(["train", "--params", str(tmp_path / "p.yaml"), "-S", f"model.checkpoint={tiny_base}",
+                         "-S", f"train.out_dir={disk / 'run'}",
                          "-S", f"train.prompts={tmp_path / 't.txt'}", "-S", f"eval.prompts={tmp_path / 't.txt'}"])
             err = capsys.readouterr().err
             assert code == 2 and "is not writable (Read-only file system)" in err and "Traceback" not in err

@@ -24,7 +24,8 @@ from aegpo.guard import RoundsRejectedError
 from aegpo.record import RoundRecord
 from aegpo.trainer import Trainer
 
-TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
+TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
+         "a yellow circle and a red square"]
 EVAL = ["a blue circle"]
 
 

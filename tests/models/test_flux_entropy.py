@@ -91,7 +91,8 @@ def test_pack_unpack_match_flux_pipeline():
     packed = pack(x)
     assert torch.equal(packed, FluxPipeline._pack_latents(x, 2, 4, H, W))
     assert torch.equal(unpack(packed, H, W), x)
-    assert torch.equal(image_ids(H, W, "cpu", torch.float32), FluxPipeline._prepare_latent_image_ids(2, H // 2, W // 2, "cpu", torch.float32))
+    assert torch.equal(image_ids(H, W, "cpu", torch.float32),
+                       FluxPipeline._prepare_latent_image_ids(2, H // 2, W // 2, "cpu", torch.float32))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-3)])

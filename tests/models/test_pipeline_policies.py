@@ -39,7 +39,8 @@ def test_shapes_dtypes_and_pixels(folders, kind, dtype):
     assert len(ref["manifest_sha256"]) == 64 and ref["path"] == str(folders[kind].resolve())
     cond = policy.encode_prompts(PROMPTS)
     text_tokens = 77 + 8 if kind == "sd3" else 8
-    assert cond.tensors["states"].shape == (2, text_tokens, 32) and cond.tensors["states"].dtype == getattr(torch, dtype)
+    assert (cond.tensors["states"].shape == (2, text_tokens, 32)
+            and cond.tensors["states"].dtype == getattr(torch, dtype))
     x = torch.randn(2, *policy.latent_shape)
     with torch.no_grad():
         v = policy.velocity(x, torch.tensor([0.9, 0.4]), cond)

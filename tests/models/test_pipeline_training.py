@@ -11,7 +11,8 @@ from aegpo.checkpoint import CheckpointError, load_policy, read_manifest
 from aegpo.strategies.registry import STRATEGIES
 from aegpo.trainer import Trainer
 
-TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square", "a yellow circle and a red square"]
+TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
+         "a yellow circle and a red square"]
 EVAL = ["a blue circle"]
 
 
@@ -26,10 +27,13 @@ def project(tmp_path_factory):
 def params(project, kind, strategy, *extra):
     return shipped_params([
         f"model.kind={kind}", f"model.pretrained.path=models/{kind}", "model.pretrained.resolution=32",
-        "model.pretrained.max_sequence_length=8", "model.pretrained.dtype=float32", "model.pretrained.text_cache_dir=cache/text",
-        f"train.strategy={strategy}", f"train.out_dir=runs/{kind}-{strategy}", "train.rounds=1", "train.prompts_per_round=2",
+        "model.pretrained.max_sequence_length=8", "model.pretrained.dtype=float32",
+        "model.pretrained.text_cache_dir=cache/text",
+        f"train.strategy={strategy}", f"train.out_dir=runs/{kind}-{strategy}", "train.rounds=1",
+        "train.prompts_per_round=2",
         "train.group_size=2", "train.eval_every=0", "train.eval_base=false", "sampler.num_steps=4", "eval.num_steps=2",
-        "model.lora.rank=2", "entropy.layers=[0, -1]", "aegpo.peaks_k=2", "mixgrpo.window=2", "aegpo.cache_dir=cache/profiles",
+        "model.lora.rank=2", "entropy.layers=[0, -1]", "aegpo.peaks_k=2", "mixgrpo.window=2",
+        "aegpo.cache_dir=cache/profiles",
         "reward.name=multi", "reward.weights={shapes.dense: 1.0, jpeg_incompressibility: 0.1}", *extra])
 
 

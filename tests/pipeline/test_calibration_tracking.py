@@ -20,7 +20,8 @@ def test_calibration_is_logged_once_with_its_plot(mlflow_db, tmp_path):
     plt.savefig(plot)
     plt.close()
     tracker = Tracker(mlflow_db, "exp", (tmp_path / "mlruns").as_uri())
-    run_id = tracker.start_training_run("r", {"aegpo.run_dir": "runs/x", "aegpo.fingerprint": "f" * 64}, {"train.rounds": 2}, {})
+    run_id = tracker.start_training_run("r", {"aegpo.run_dir": "runs/x", "aegpo.fingerprint": "f" * 64},
+                                        {"train.rounds": 2}, {})
     cal = {"direction": "low", "reason": "negative", "rho": -0.79, "ci_low": -0.86, "ci_high": -0.75, "nfe": 5920,
            "plot": str(plot)}
     client = MlflowClient(mlflow_db)

@@ -74,4 +74,5 @@ def test_lock_pins_torch_and_the_pipeline_stack():
     for dep in declared:
         m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==(\S+)", dep)
         if m:
-            assert pins.get(m.group(1)) == m.group(3), f"requirements.lock pins {m.group(1)} {pins.get(m.group(1))}, pyproject {m.group(3)}"
+            assert pins.get(m.group(1)) == m.group(3), (f"requirements.lock pins {m.group(1)} "
+                                                        f"{pins.get(m.group(1))}, pyproject {m.group(3)}")

@@ -28,7 +28,8 @@ def _has_key(tree: dict, dotted: str) -> bool:
 
 
 def _outs(stage: dict) -> list[str]:
-    return [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
+    return [next(iter(o)) if isinstance(o, dict) else o
+            for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]
 
 
 def test_stage_params_are_keys_of_params_yaml():
@@ -125,7 +126,8 @@ def test_each_metric_has_one_name_in_dvc_metrics_show(reports):
     train = json.loads((reports / "reports" / "train_metrics.json").read_text())
     assert set(train) == {"strategy", "rounds", "nfe", "reward_mean", "base_eval"}, sorted(train)
     assert set(train["base_eval"]) == {"strict", "dense", "reward"}
-    result = {"metrics": {"strict": 0.3, "dense": 0.5, "reward": 0.4}, "eval_nfe": 800, "train_nfe": 9, "train_rounds": 2}
+    result = {"metrics": {"strict": 0.3, "dense": 0.5, "reward": 0.4}, "eval_nfe": 800, "train_nfe": 9,
+              "train_rounds": 2}
     assert set(out_metrics(result)) == {"strict", "dense", "reward", "eval_nfe"}
 
 

@@ -17,7 +17,8 @@ from flows.tracking import ALLOCATION_TABLE, EXPERIMENT_KIND_TAG, TRAINING_KIND,
 RECORD = RoundRecord.from_json({
     "round": 3, "nfe": 1200, "reward_mean": 0.5, "reward_std": 0.1, "entropy_t": [4.0, 4.1, 4.2],
     "per_prompt": [{"prompt": "a red circle", "prompt_id": 5, "group_size": 4, "reward_mean": 0.5, "reward_std": 0.1},
-                   {"prompt": "two blue squares", "prompt_id": 9, "group_size": 2, "reward_mean": 0.5, "reward_std": 0.0}],
+                   {"prompt": "two blue squares", "prompt_id": 9, "group_size": 2, "reward_mean": 0.5,
+                    "reward_std": 0.0}],
     "plan": {"delta_entropy": [0.3, 0.1], "base_entropy": [4.0, 4.1], "current_entropy": [4.3, 4.2],
              "group_sizes": [4, 2], "chosen_steps": [[0, 1], [1, 2]]},
 })

@@ -97,7 +97,8 @@ def test_tasks_train_what_the_trainer_trains(make_project, mlflow_db):
     assert fresh["metrics"] == reused["metrics"] and fresh["parent_run_id"] == run_id
     rows = [pq.read_table(run / "evals" / label / "rows.parquet").drop(["label"]) for label in ("fresh", "final")]
     assert rows[0].equals(rows[1])
-    assert (run / "evals" / "fresh" / "images.png").read_bytes() == (run / "evals" / "final" / "images.png").read_bytes()
+    assert ((run / "evals" / "fresh" / "images.png").read_bytes()
+            == (run / "evals" / "final" / "images.png").read_bytes())
     assert client.get_run(reused["mlflow_run_id"]).data.tags["aegpo.reused"] == "True"
 
 
@@ -126,7 +127,8 @@ def test_profile_is_reused_and_keyed_on_what_changes_it(make_project):
     other_probe = prepare_run("params.yaml", ["sampler.num_steps=5"], proj, need_tracking=False)
     other_seed = prepare_run("params.yaml", ["aegpo.probe_seed=7"], proj, need_tracking=False)
     assert _profile_cache_key(None, {"spec": more_rounds}) == key
-    assert len({key, _profile_cache_key(None, {"spec": other_probe}), _profile_cache_key(None, {"spec": other_seed})}) == 3
+    assert len({key, _profile_cache_key(None, {"spec": other_probe}),
+                _profile_cache_key(None, {"spec": other_seed})}) == 3
 
 
 def test_only_transient_errors_are_retried():

@@ -78,7 +78,8 @@ def _reference_clip(model, images, prompts):
     enc = tok(prompts, padding=True, return_tensors="pt")
     with torch.no_grad():
         i = model.visual_projection(model.vision_model(pixel_values=x).pooler_output)
-        t = model.text_projection(model.text_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).pooler_output)
+        t = model.text_projection(model.text_model(input_ids=enc.input_ids,
+                                                   attention_mask=enc.attention_mask).pooler_output)
     i, t = i / i.norm(dim=-1, keepdim=True), t / t.norm(dim=-1, keepdim=True)
     return (i * t).sum(-1), i
 
@@ -132,7 +133,8 @@ def test_missing_or_wrong_options_fail_at_build_time(assets, tmp_path):
         build_reward("imagereward", None, {"imagereward": {"path": str(root / "ImageReward.pt"),
                                                            "tokenizer": str(root / "clip-tokenizer")}})
     with pytest.raises(RewardModelError, match="not an open_clip ViT checkpoint"):
-        build_reward("hpsv2", None, {"hpsv2": {"path": str(root / "ImageReward.pt"), "tokenizer": str(root / "clip-tokenizer")}})
+        build_reward("hpsv2", None, {"hpsv2": {"path": str(root / "ImageReward.pt"),
+                                               "tokenizer": str(root / "clip-tokenizer")}})
     with pytest.raises(ValueError, match=r"unknown parts \['dense', 'strict'\]"):
         build_reward("clipscore", {"dense": 0.5, "strict": 0.5}, {"clipscore": {"path": str(root / "clip")}})
 
