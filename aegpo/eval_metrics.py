@@ -7,7 +7,6 @@ reward reports `strict`, `dense`, `reward`, a learned reward its score.
 
 from __future__ import annotations
 
-
 _BOOKKEEPING = ("num_prompts", "samples_per_prompt", "num_steps", "seed", "nfe")
 
 

@@ -58,7 +58,8 @@ return {ok: want.length === 0 && banned.length === 0, missing: want, present: ba
 IMAGE_SCRIPT = """
 const imgs = Array.from(document.querySelectorAll("img")).filter(i => i.complete && i.naturalWidth > 0);
 const big = imgs.filter(i => i.naturalWidth >= arguments[0]);
-return {ok: big.length > 0, widths: imgs.map(i => i.naturalWidth), text: document.body.innerText.includes(arguments[1])};
+return {ok: big.length > 0, widths: imgs.map(i => i.naturalWidth),
+        text: document.body.innerText.includes(arguments[1])};
 """
 SEARCH_BOX = "input[placeholder*='Search metric']"
 BROWSER_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

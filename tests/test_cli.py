@@ -9,6 +9,7 @@ from PIL import Image
 from aegpo.cli import main
 from aegpo.shapes.prompts import parse_prompt
 from aegpo.shapes.render import render
+
 from aegpo_testing import SHIPPED
 
 

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from aegpo_testing import tiny_policy
 
 from aegpo.models.base import LoraSpec
 from aegpo.policy_update import UpdateConfig, clipped_loss, group_advantages, policy_update
 from aegpo.rollout import StepPlan, generate, sample_seeds
 from aegpo.strategies.base import expand_groups
+
+from aegpo_testing import tiny_policy
 
 
 def test_group_advantages_variable_sizes_match_manual_zscores():

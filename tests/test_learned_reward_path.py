@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from fixtures.tiny_rewards import clip_folder
 
 from aegpo.cli import main
 from aegpo.config import load_params
 from aegpo.eval_metrics import before_after_lines, eval_summary, metric_names
 from flows.reports import write_reports
+
+from fixtures.tiny_rewards import clip_folder
 
 
 @pytest.fixture(scope="module")

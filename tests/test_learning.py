@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aegpo_testing import shipped_params
 
 from aegpo.trainer import Trainer
+
+from aegpo_testing import shipped_params
 
 BASE = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-base"
 PROMPTS = ["a red circle and a blue square", "two green triangles", "a white square above a yellow circle",

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
-from aegpo_testing import shipped_params
 
 from aegpo.config import ParamsError
 from aegpo.peaks import select_steps
+
+from aegpo_testing import shipped_params
 
 
 def test_topk_picks_highest_and_never_the_last_step():

@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 import torch
-from aegpo_testing import shipped_params
 
 from aegpo.entropy.profile import EntropyProfile
 from aegpo.strategies.base import RoundContext
 from aegpo.strategies.registry import STRATEGIES, build_strategy
 from aegpo.tables import PROFILE_SCHEMA, read_table
 from aegpo.trainer import Trainer
+
+from aegpo_testing import shipped_params
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
          "a yellow circle and a red square"]

@@ -2,11 +2,12 @@ import json
 
 import pytest
 import torch
-from aegpo_testing import shipped_params
 
 from aegpo.checkpoint import load_policy, read_manifest
 from aegpo.record import RoundRecord
 from aegpo.trainer import Trainer
+
+from aegpo_testing import shipped_params
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
          "a yellow circle and a red square"]

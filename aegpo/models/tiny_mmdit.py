@@ -19,7 +19,6 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrained
 from aegpo.models.base import Conditioning, FlowPolicy
 from aegpo.models.tokenizer import build_word_tokenizer
 
-
 SIGMA_FLOOR = 0.05  # x-prediction: v = (x_σ − x̂0) / max(σ, SIGMA_FLOOR)
 
 

@@ -14,7 +14,8 @@ score = cos(image features, text features) (≈ 0.2–0.35), as HPSv2's own scor
     visual.class_embedding, visual.positional_embedding, visual.conv1
                                              →  vision_model.embeddings.{class,position,patch}_embedding
     visual.ln_pre, visual.transformer.…, visual.ln_post, visual.proj (W, E)
-                                             →  vision_model.pre_layrnorm, ….encoder…, post_layernorm, visual_projection (E, W)
+                                             →  vision_model.pre_layrnorm, ….encoder…, post_layernorm,
+                                                visual_projection (E, W)
     logit_scale                              →  logit_scale
 
 Sizes are read from the tensors; head counts follow open_clip's configs (head width 64,

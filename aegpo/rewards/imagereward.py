@@ -12,9 +12,13 @@ The published `ImageReward.pt` (hub `THUDM/ImageReward`) is a pickled state dict
 ImageReward.pt ImageReward.safetensors`) and mapped onto transformers' `BlipVisionModel` and
 `BlipTextModel`:
 
-    blip.visual_encoder.cls_token / pos_embed / patch_embed.proj → embeddings.class_embedding / position_embedding / patch_embedding
+    blip.visual_encoder.cls_token / pos_embed / patch_embed.proj
+                                                                 → embeddings.class_embedding / position_embedding /
+                                                                   patch_embedding
     blip.visual_encoder.blocks.i.norm1 / norm2 / attn.qkv / attn.proj / mlp.fc1 / mlp.fc2
-                                                                 → encoder.layers.i.layer_norm1 / layer_norm2 / self_attn.qkv / self_attn.projection / mlp.fc1 / mlp.fc2
+                                                                 → encoder.layers.i.layer_norm1 / layer_norm2 /
+                                                                   self_attn.qkv / self_attn.projection / mlp.fc1 /
+                                                                   mlp.fc2
     blip.visual_encoder.norm                                     → post_layernorm
     blip.text_encoder.<name>                                     → <name> (same names as BLIP's med.py)
 

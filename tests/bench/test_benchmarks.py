@@ -4,10 +4,11 @@ import csv
 import json
 
 import pytest
-from aegpo_testing import shipped_params
 
 from aegpo.bench.efficiency import BenchSpec, nfe_to_reach, run_efficiency, summarize, table_markdown
 from aegpo.bench.overhead import run_overhead
+
+from aegpo_testing import shipped_params
 
 
 def _params(tiny_base, tmp_path):

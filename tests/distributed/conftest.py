@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from dist_helpers import run_ok, train_cmd, write_project
 
 

@@ -8,6 +8,10 @@ mid-round resumes to the same weights; 2 nodes × 1 process meet through a c10d 
 from __future__ import annotations
 
 import pytest
+from safetensors.torch import load_file
+
+from flows.local_server import free_port
+
 from dist_helpers import (
     assert_records_agree,
     kill_all,
@@ -20,9 +24,6 @@ from dist_helpers import (
     trainable,
     wait_for,
 )
-from safetensors.torch import load_file
-
-from flows.local_server import free_port
 
 TOL = 1e-5
 

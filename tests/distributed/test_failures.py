@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dist_helpers import (
     max_abs_diff,
     rank_pid,

@@ -9,6 +9,7 @@ import json
 import sys
 
 import pytest
+
 from dist_helpers import run_ok
 
 

@@ -3,7 +3,8 @@
 Reads one JSON job per line on stdin: {"project": DIR, "base": DIR, "kill_at": N, "after": bool,
 "overrides": [...]}. The child runs `aegpo train`'s Trainer on the tiny settings; when `kill_at` > 0 it
 sends itself SIGKILL at its N-th os.replace/os.rename (just before the call, or just after it when
-`after`), a real kill -9 in the middle of a save. Answers one JSON line per job: {"status": "ok" | "killed" | "failed", "renames": calls seen,
+`after`), a real kill -9 in the middle of a save. Answers one JSON line per job:
+{"status": "ok" | "killed" | "failed", "renames": calls seen,
 "start_round": the round the trainer started (resumed) at}.
 The server itself runs no tensor code, so forking it is safe.
 """

@@ -15,7 +15,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from aegpo_testing import shipped_params
 
 import aegpo.policy_update
 from aegpo.checkpoint import load_policy
@@ -23,6 +22,8 @@ from aegpo.config import ParamsError, load_params
 from aegpo.guard import RoundsRejectedError
 from aegpo.record import RoundRecord
 from aegpo.trainer import Trainer
+
+from aegpo_testing import shipped_params
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
          "a yellow circle and a red square"]

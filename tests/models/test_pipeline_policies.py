@@ -3,14 +3,15 @@
 import numpy as np
 import pytest
 import torch
-from aegpo_testing import shipped_params
-from fixtures.tiny_pipelines import save_flux, save_sd3
 
 from aegpo.checkpoint import load_base_policy
 from aegpo.config import ParamsError
 from aegpo.entropy.recorder import EntropyRecorder
 from aegpo.models.base import LoraSpec
 from aegpo.models.diffusers_policy import PretrainedModelError
+
+from aegpo_testing import shipped_params
+from fixtures.tiny_pipelines import save_flux, save_sd3
 
 PROMPTS = ["a red circle", "two blue squares"]
 

@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
-from aegpo_testing import shipped_params
-from fixtures.tiny_pipelines import save_flux, save_sd3
 
 from aegpo.checkpoint import CheckpointError, load_policy, read_manifest
 from aegpo.strategies.registry import STRATEGIES
 from aegpo.trainer import Trainer
+
+from aegpo_testing import shipped_params
+from fixtures.tiny_pipelines import save_flux, save_sd3
 
 TRAIN = ["a red circle", "two blue squares", "a green triangle left of a white square",
          "a yellow circle and a red square"]

@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from pipeline_helpers import REPO, free_port
 
 from aegpo.cli import main
 from flows.session import RunLock
+
+from pipeline_helpers import REPO, free_port
 
 
 def _snapshot(folder) -> dict[str, str]:

@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 from mlflow import MlflowClient
+
 from pipeline_helpers import REPO, VENV_BIN
 
 PREFECT = str(VENV_BIN / "prefect")

@@ -7,6 +7,7 @@ import re
 import shlex
 
 import yaml
+
 from pipeline_helpers import REPO, VENV_BIN
 
 DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()

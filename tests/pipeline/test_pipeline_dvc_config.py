@@ -9,10 +9,11 @@ import shutil
 
 import pytest
 import yaml
-from pipeline_helpers import REPO
 
 from aegpo.config import load_params
 from flows.reports import write_reports
+
+from pipeline_helpers import REPO
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())

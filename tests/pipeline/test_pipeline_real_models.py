@@ -22,11 +22,12 @@ import subprocess
 import pytest
 import yaml
 from mlflow import MlflowClient
-from pipeline_helpers import EVAL_PROMPTS, REPO, TRAIN_PROMPTS, VENV_BIN
 
 from aegpo.checkpoint import read_manifest
 from aegpo.cli import main
 from aegpo.config import TrainParams
+
+from pipeline_helpers import EVAL_PROMPTS, REPO, TRAIN_PROMPTS, VENV_BIN
 
 # A small aegpo run: 2 rounds of 2 prompts (groups of 4 and 2 rollouts), 4 sampler steps, one eval image per
 # prompt, evaluated before round 0 and after round 2.

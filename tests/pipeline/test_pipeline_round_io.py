@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from aegpo_testing import shipped_params
-from pipeline_helpers import EVAL_PROMPTS, TRAIN_PROMPTS
 
 from aegpo.tables import ROLLOUT_SCHEMA, ROUND_REWARD_SCHEMA, check_schema
 from aegpo.trainer import Trainer
 from flows.round_io import RunStore, grid_tiles, image_grid, run_fingerprint, run_name
 from flows.storage import LocalStorage
+
+from aegpo_testing import shipped_params
+from pipeline_helpers import EVAL_PROMPTS, TRAIN_PROMPTS
 
 
 def test_image_grid_round_trip():

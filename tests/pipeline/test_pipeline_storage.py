@@ -6,10 +6,11 @@ import time
 
 import pyarrow as pa
 import pytest
-from pipeline_helpers import free_port
 
 from aegpo.tables import PROFILE_SCHEMA, ROLLOUT_SCHEMA, from_parquet_bytes, to_parquet_bytes, with_parts
 from flows.storage import LocalStorage, S3Storage, StorageError, StorageSettings, open_storage
+
+from pipeline_helpers import free_port
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -8,10 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from pipeline_helpers import free_port
 
 from aegpo.record import RoundRecord
 from flows.tracking import Tracker, TrackingError, allocation_table, check_tracking, round_metrics
+
+from pipeline_helpers import free_port
 
 RECORD = RoundRecord.from_json({
     "round": 3, "nfe": 1200, "rollout_nfe": 300, "probe_nfe": 40, "reward_mean": 0.5, "reward_std": 0.1,

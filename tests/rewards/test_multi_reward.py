@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from aegpo_testing import shipped_params
-from fixtures.tiny_rewards import clip_folder
 
 from aegpo.rewards.base import RewardResult
 from aegpo.rewards.jpeg import jpeg_kilobytes
 from aegpo.rewards.registry import REWARDS, build_reward
 from aegpo.trainer import compute_advantages
+
+from aegpo_testing import shipped_params
+from fixtures.tiny_rewards import clip_folder
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle", "a white square"]
 

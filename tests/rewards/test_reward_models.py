@@ -9,6 +9,7 @@ from aegpo.rewards.images import CLIP_MEAN, CLIP_STD, pixel_values
 from aegpo.rewards.model_base import RewardModelError
 from aegpo.rewards.registry import build_reward
 from aegpo.rewards.weights import convert, load_state_dict
+
 from fixtures.tiny_rewards import IMAGE, aesthetic_head, clip_folder, imagereward_checkpoint, open_clip_checkpoint
 from fixtures.tiny_tokenizers import bert_tokenizer, clip_tokenizer
 
