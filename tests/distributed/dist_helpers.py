@@ -31,7 +31,11 @@ def params_text(strategy: str = "aegpo", rounds: int = 3, **train: object) -> st
         "seed: 0",
         "model: {checkpoint: base, lora: {rank: 4}, threads: 1}",
         "reward: {name: jpeg_incompressibility, weights: {jpeg_incompressibility: 1.0}}",
-        "sampler: {num_steps: 4}",
+        # same_noise off: a group sharing its initial noise has near-identical images, and the JPEG-size reward is
+        # a step function of the pixels; the all-reduce's summation order moves the weights by ~1e-9, which can
+        # flip one byte of one JPEG in a later round and, through the tiny group std, the advantages
+        # (docs/distributed.md, "What agrees to 1e-5"). Independent noise keeps the comparison about the maths.
+        "sampler: {num_steps: 4, same_noise: false}",
         "train: {" + ", ".join(f"{k}: {v}" for k, v in t.items()) + "}",
         "entropy: {layers: [0]}",
         "eval: {prompts: data/eval.txt, num_steps: 3, samples_per_prompt: 2}",
