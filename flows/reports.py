@@ -94,12 +94,31 @@ def write_reports(run_dir: str | Path, reports_dir: str | Path, strategy: str = 
     metrics = {
         "strategy": strategy, "rounds": len(records), "nfe": records[-1].nfe if records else 0,
         "reward_mean": records[-1].reward_mean if records else None, "base_eval": _summary(base_eval),
+        **_first_round(records),
     }
     atomic_write_json(out / "train_metrics.json", metrics)
     checkpoint = Path(run_dir) / "checkpoint"
     if checkpoint.is_dir():
         atomic_write_json(out / "checkpoint.json", checkpoint_digest(checkpoint))
     return metrics
+
+
+def _first_round(records: list) -> dict[str, Any]:
+    """Time to the first round and AEGPO's explored-step direction (with the `auto` calibration's evidence)."""
+    first = next((r for r in records if r.round == 0), None)
+    if first is None:
+        return {}
+    out: dict[str, Any] = {}
+    if first.seconds_to_first_round is not None:
+        out["seconds_to_first_round"] = first.seconds_to_first_round
+    plan = first.plan or {}
+    if plan.get("peak_direction"):
+        out["peak_direction"] = plan["peak_direction"]
+    cal = plan.get("peak_calibration")
+    if cal:
+        out["peak_calibration"] = {k: cal.get(k) for k in ("rho", "ci_low", "ci_high", "prompts", "group", "nfe",
+                                                           "reason")}
+    return out
 
 
 def checkpoint_digest(folder: str | Path) -> dict[str, Any]:

@@ -59,6 +59,17 @@ print(f"\n== aegpo ({train['strategy']}): {train['rounds']} rounds, {train['nfe'
 for key in [k for k in final if k != "eval_nfe"]:  # the reward's metrics, headline first
     before = base.get(key)
     print(f"eval {key:6s}: {before if before is None else f'{before:.3f}'} (base) -> {final[key]:.3f} (trained)")
+if train.get("seconds_to_first_round") is not None:
+    print(f"time to first round: {train['seconds_to_first_round']:.1f} s (model loading, calibration, base eval, "
+          "round 0; base-entropy probes are lazy)")
+cal = train.get("peak_calibration")
+num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731 - a one-line formatter
+if train.get("peak_direction"):
+    print(f"explored steps: Entropy(t) {'maxima' if train['peak_direction'] == 'high' else 'minima'} "
+          f"(peak_direction {train['peak_direction']}" + (
+              f", chosen by the auto calibration: Spearman rho {num(cal['rho'])}, 95% CI {num(cal['ci_low'])} .. "
+              f"{num(cal['ci_high'])} over {cal['prompts']} prompts, {cal['nfe']:,} NFE; {cal['reason']})"
+              if cal else ")"))
 PY
 # The experiment's id for a direct link (MLflow 3's UI opens its GenAI view unless the link says workflowType).
 EXP="$(python -c 'import sqlite3; print(sqlite3.connect("mlflow.db").execute(
