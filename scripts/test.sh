@@ -11,5 +11,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0 -e '.[pipeline,dev]'
 .venv/bin/ruff check .                       # lint: pyflakes, pycodestyle (120 columns), import order
-.venv/bin/python -m pytest -q -m "not gpu" "$@"  # slow tests included (the quick default leaves them out)
+# The default set (pyproject: not slow, not gpu); the long end-to-end runs: bash scripts/test.sh -m "slow and not gpu"
+.venv/bin/python -m pytest -q "$@"
 .venv/bin/python scripts/check_dvc_lock.py   # the committed dvc.lock describes this checkout (seconds)
