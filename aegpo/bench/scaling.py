@@ -143,7 +143,7 @@ def worker(params: Params, timings: Path) -> None:
             distributed.barrier()
             sample_s.append(float(distributed.all_reduce_(t_sample, "max")[0]))
             round_s.append(time.perf_counter() - t0)
-            images.append(record["num_samples"])
+            images.append(record.num_samples)
         if distributed.is_main():
             timed = slice(1, None) if len(round_s) > 1 else slice(None)  # round 0 warms up (allocations, caches)
             atomic_write_json(timings, {
