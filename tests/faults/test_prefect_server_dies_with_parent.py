@@ -23,15 +23,8 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in state  # a zombie has exited
 
 
-def test_kill_9_of_pipeline_train_stops_its_temporary_prefect_server(tiny_base, tmp_path):
-    proj = tmp_path / "proj"
-    (proj / "data").mkdir(parents=True)
-    (proj / "data" / "train.txt").write_text("a red circle\ntwo blue squares\n")
-    (proj / "data" / "eval.txt").write_text("a blue circle\n")
-    (proj / "params.yaml").write_text(
-        f"model: {{checkpoint: {tiny_base}, lora: {{rank: 4}}}}\nsampler: {{num_steps: 3}}\n"
-        "train: {prompts: data/train.txt, strategy: grpo, rounds: 50, prompts_per_round: 2, group_size: 2, "
-        "eval_every: 0, out_dir: runs/train}\neval: {prompts: data/eval.txt, num_steps: 2}\nentropy: {layers: [0]}\n")
+def test_kill_9_of_pipeline_train_stops_its_temporary_prefect_server(tiny_project, tmp_path):
+    proj = tiny_project(50)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "AEGPO_STORAGE", "AEGPO_S3"))}
     env.update({"PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home"),

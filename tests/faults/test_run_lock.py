@@ -39,17 +39,8 @@ def _train(project: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def project(tiny_base, tmp_path):
-    proj = tmp_path / "proj"
-    (proj / "data").mkdir(parents=True)
-    (proj / "data" / "train.txt").write_text("a red circle\ntwo blue squares\n")
-    (proj / "data" / "eval.txt").write_text("a blue circle\n")
-    (proj / "params.yaml").write_text(
-        f"model: {{checkpoint: {tiny_base}, lora: {{rank: 4}}}}\nsampler: {{num_steps: 3}}\n"
-        "train: {prompts: data/train.txt, strategy: grpo, rounds: 1, prompts_per_round: 2, group_size: 2, "
-        "eval_every: 0, eval_base: false, out_dir: runs/train}\n"
-        "eval: {prompts: data/eval.txt, num_steps: 2, samples_per_prompt: 1}\nentropy: {layers: [0]}\n")
-    return proj
+def project(tiny_project):
+    return tiny_project(1, train_extra=", eval_base: false", eval_extra=", samples_per_prompt: 1")
 
 
 def test_second_writer_is_refused_and_a_dead_holders_lock_is_cleared(project):
