@@ -94,15 +94,18 @@ _HELD: dict[Path, _Held] = {}
 class RunLock:
     """The run folder's lock; `close()` gives it back (the last holder in this process releases the flock).
 
-    `lock_file`: where the lock lives when not `<run_dir>/.aegpo-run.lock` (see `sibling_lock_file`).
+    `lock_file`: where the lock lives when not `<run_dir>/.aegpo-run.lock` (see `sibling_lock_file`);
+    `advice`: what the refused writer's message tells the user to do.
     """
 
-    def __init__(self, run_dir: str | Path, lock_file: str | Path | None = None) -> None:
+    def __init__(self, run_dir: str | Path, lock_file: str | Path | None = None,
+                 advice: str = "wait for it to finish or stop it (its progress is kept)") -> None:
         run_dir = Path(run_dir)
         lock_path = run_dir / LOCK_FILE if lock_file is None else Path(lock_file)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         self.path = lock_path.resolve()
         self._closed = False
+        self._advice = advice
         held = _HELD.get(self.path)
         if held is None:
             held = _HELD[self.path] = _Held(self._acquire(run_dir))
@@ -119,8 +122,8 @@ class RunLock:
             holder = text or "unknown"
             if pid is not None and host == os.uname().nodename and not _pid_alive(pid):
                 holder += ", no longer running: a process it started still holds the lock"
-            raise RunInUseError(f"run folder {run_dir} is in use by another process ({holder}); wait for it to "
-                                "finish or stop it (its progress is kept)") from None
+            raise RunInUseError(f"run folder {run_dir} is in use by another process ({holder}); {self._advice}") \
+                from None
         previous = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
         pid, host = _recorded_holder(previous)
         if pid is not None and pid != os.getpid():
@@ -164,10 +167,12 @@ def hold_pretrain_folders(out: Path, work_dir: Path) -> Iterator[None]:
     """
     check_writable_folder(out.parent, "pretrain.out's folder")
     check_writable_folder(work_dir, "--work-dir")
+    advice = ("wait for it to finish, or stop it (its intermediate checkpoints in --work-dir are kept: "
+              "pretrain.init_from can start from one)")
     with contextlib.ExitStack() as stack:
         # `out` is replaced as a whole at the end (atomic_directory), so its lock lives beside it
-        stack.enter_context(RunLock(out, lock_file=sibling_lock_file(out)))
-        stack.enter_context(RunLock(work_dir))
+        stack.enter_context(RunLock(out, lock_file=sibling_lock_file(out), advice=advice))
+        stack.enter_context(RunLock(work_dir, advice=advice))
         recover_directory(out)  # a kill between the two renames of the final save
         removed = clean_litter(work_dir)
         for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # not clean_litter(out.parent): it may hold anything
