@@ -41,9 +41,13 @@ def _add_params(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_pretrain(args) -> int:
-    from aegpo.pretrain import pretrain
+    from aegpo.run_lock import hold_pretrain_folders
 
-    out = pretrain(_params(args), work_dir=args.work_dir)
+    params = _params(args)
+    with hold_pretrain_folders(Path(params.pretrain.out), Path(args.work_dir)):  # a second writer: refused at once
+        from aegpo.pretrain import pretrain
+
+        out = pretrain(params, work_dir=args.work_dir)
     print(f"base checkpoint written to {out}")
     return 0
 

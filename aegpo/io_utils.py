@@ -19,10 +19,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -170,33 +171,72 @@ def clean_litter(folder: str | Path) -> list[Path]:
 
 
 class CorruptFileError(ValueError):
-    """A file the project wrote (or was given) that cannot be read back; the message says what to do."""
+    """A file the project wrote (or was given) that cannot be read back; the message says what to do.
+
+    `reason`: "missing", "empty", "damaged" (truncated or not the expected format) or "unreadable" (an OSError),
+    for a caller that treats some of them differently (a cache rebuilds a damaged entry, not an unreadable disk).
+    """
+
+    def __init__(self, message: str, reason: str = "damaged") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-def load_safetensors(path: str | Path, remedy: str) -> dict[str, Any]:
-    """Tensors of a safetensors file; a missing, empty or truncated file raises CorruptFileError naming it.
+def check_file(path: str | Path, remedy: str) -> Path:
+    """`path` as a Path when it is a non-empty file; a missing or zero-byte file raises CorruptFileError naming it.
 
     `remedy`: what the user should do about it (appended to the message).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
-        raise CorruptFileError(f"{path} is missing; {remedy}")
+        raise CorruptFileError(f"{path} is missing; {remedy}", reason="missing")
     if path.stat().st_size == 0:
-        raise CorruptFileError(f"{path} is empty (0 bytes, an interrupted copy?); {remedy}")
+        raise CorruptFileError(f"{path} is empty (0 bytes, an interrupted copy?); {remedy}", reason="empty")
+    return path
+
+
+def read_safetensors(path: str | Path, remedy: str, read: Callable[[str], T]) -> T:
+    """`read(str(path))` of a safetensors file, after `check_file`; a damaged file raises CorruptFileError naming it.
+
+    A damaged header (truncated, garbage, not safetensors) is reason "damaged"; an OSError while reading (disk
+    error, no permission) is reason "unreadable". Nothing is ever unpickled.
+    """
+    from safetensors import SafetensorError
+
+    path = check_file(path, remedy)
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{path} is not a readable safetensors file ({_short(err)}); {remedy}") from None
+        return read(str(path))
+    except (SafetensorError, ValueError) as err:
+        raise CorruptFileError(f"{path} is not a readable safetensors file (truncated or damaged: {_short(err)}); "
+                               f"{remedy}", reason="damaged") from None
+    except OSError as err:
+        raise CorruptFileError(f"{path} cannot be read ({err.strerror or _short(err)}); {remedy}",
+                               reason="unreadable") from None
+
+
+def load_safetensors(path: str | Path, remedy: str) -> dict[str, Any]:
+    """Tensors of a safetensors file; a missing, empty or damaged file raises CorruptFileError naming it."""
+    from safetensors.torch import load_file
+
+    return read_safetensors(path, remedy, load_file)
+
+
+def check_safetensors(path: str | Path, remedy: str) -> None:
+    """Read only the header of a safetensors file: catches missing, empty and truncated files cheaply."""
+    from safetensors import safe_open
+
+    def header(name: str) -> None:
+        with safe_open(name, framework="pt"):
+            pass
+
+    read_safetensors(path, remedy, header)
 
 
 def read_json_file(path: str | Path, remedy: str) -> Any:
     """A JSON file; missing, unreadable or truncated → CorruptFileError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CorruptFileError(f"{path} is missing; {remedy}")
+        raise CorruptFileError(f"{path} is missing; {remedy}", reason="missing")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -211,19 +251,3 @@ def shorten(text: str, limit: int = 200) -> str:
     """`text` cut to `limit` characters for a message (quoted input must not flood the terminal)."""
     text = str(text)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
-
-
-def check_safetensors(path: str | Path, remedy: str) -> None:
-    """Read only the header of a safetensors file: catches missing, empty and truncated files cheaply."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CorruptFileError(f"{path} is missing; {remedy}")
-    if path.stat().st_size == 0:
-        raise CorruptFileError(f"{path} is empty (0 bytes, an interrupted copy?); {remedy}")
-    try:
-        with safe_open(str(path), framework="pt"):
-            pass
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{path} is not a readable safetensors file ({_short(err)}); {remedy}") from None

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from aegpo.checkpoint import save_base
 from aegpo.config import Params, flatten
 from aegpo.models.tiny_mmdit import TinyMMDiTConfig, TinyMMDiTPolicy
+from aegpo.run_lock import hold_pretrain_folders
 from aegpo.shapes.prompts import parse_prompt, split_prompts
 from aegpo.shapes.render import render
 from aegpo.shapes.spec import Scene
@@ -92,7 +93,16 @@ def flow_matching_loss(policy: TinyMMDiTPolicy, images: np.ndarray, caps: list[s
 
 
 def pretrain(params: Params, work_dir: str | Path = "runs/pretrain") -> Path:
-    """Train from scratch per `params.pretrain`; write the EMA base checkpoint to `params.pretrain.out`."""
+    """Train from scratch per `params.pretrain`; write the EMA base checkpoint to `params.pretrain.out`.
+
+    One writer at a time: `pretrain.out` and `work_dir` (the intermediate checkpoints) are both locked before any
+    work; a second `aegpo pretrain` into either is refused (RunInUseError naming the folder and the holder's pid).
+    """
+    with hold_pretrain_folders(Path(params.pretrain.out), Path(work_dir)):
+        return _pretrain(params, Path(work_dir))
+
+
+def _pretrain(params: Params, work_dir: Path) -> Path:
     cfg = params.pretrain
     torch.manual_seed(cfg.seed)
     policy = TinyMMDiTPolicy(TinyMMDiTConfig(**cfg.arch.model_dump()))
@@ -105,7 +115,6 @@ def pretrain(params: Params, work_dir: str | Path = "runs/pretrain") -> Path:
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     stream = ShapesStream(cfg.seed, cfg.caption_dropout, cfg.prompt_mix, cfg.grid, cfg.object_size)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    work_dir = Path(work_dir)
     meta = {"pretrain": {k: v for k, v in flatten(cfg).items()}}
     start = time.time()
     last = cfg.stop_at or cfg.steps  # stop_at truncates the run; the LR schedule still spans `steps`

@@ -7,6 +7,10 @@ flock does not. The file names the holder (pid, host) for the message the second
 
 Within one process the lock is shared (counted): a resumed `Trainer` or a pipeline session
 that builds a trainer in the same process for the same folder is not a second writer.
+
+A folder that is itself replaced as a whole (a checkpoint written by `atomic_directory`, e.g.
+`pretrain.out`) cannot hold its own lock file: the swap would move the file away and the next
+writer would lock a new one. Its lock lives beside it instead (`sibling_lock_file`).
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from aegpo.io_utils import clean_litter, recover_directory
 
 LOCK_FILE = ".aegpo-run.lock"
 log = logging.getLogger(__name__)
@@ -69,6 +77,12 @@ def _recorded_holder(text: str) -> tuple[int | None, str | None]:
     return None, None
 
 
+def sibling_lock_file(folder: str | Path) -> Path:
+    """The lock file of a folder that is swapped as a whole: `<parent>/.<name>.aegpo-run.lock`."""
+    folder = Path(folder).resolve()  # "." has no name of its own
+    return folder.with_name(f".{folder.name}{LOCK_FILE}")
+
+
 class _Held:
     def __init__(self, fd: int) -> None:
         self.fd, self.count = fd, 0
@@ -78,13 +92,20 @@ _HELD: dict[Path, _Held] = {}
 
 
 class RunLock:
-    """The run folder's lock; `close()` gives it back (the last holder in this process releases the flock)."""
+    """The run folder's lock; `close()` gives it back (the last holder in this process releases the flock).
 
-    def __init__(self, run_dir: str | Path) -> None:
+    `lock_file`: where the lock lives when not `<run_dir>/.aegpo-run.lock` (see `sibling_lock_file`);
+    `advice`: what the refused writer's message tells the user to do.
+    """
+
+    def __init__(self, run_dir: str | Path, lock_file: str | Path | None = None,
+                 advice: str = "wait for it to finish or stop it (its progress is kept)") -> None:
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = (run_dir / LOCK_FILE).resolve()
+        lock_path = run_dir / LOCK_FILE if lock_file is None else Path(lock_file)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = lock_path.resolve()
         self._closed = False
+        self._advice = advice
         held = _HELD.get(self.path)
         if held is None:
             held = _HELD[self.path] = _Held(self._acquire(run_dir))
@@ -101,8 +122,8 @@ class RunLock:
             holder = text or "unknown"
             if pid is not None and host == os.uname().nodename and not _pid_alive(pid):
                 holder += ", no longer running: a process it started still holds the lock"
-            raise RunInUseError(f"run folder {run_dir} is in use by another process ({holder}); wait for it to "
-                                "finish or stop it (its progress is kept)") from None
+            raise RunInUseError(f"run folder {run_dir} is in use by another process ({holder}); {self._advice}") \
+                from None
         previous = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
         pid, host = _recorded_holder(previous)
         if pid is not None and pid != os.getpid():
@@ -134,3 +155,29 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def hold_pretrain_folders(out: Path, work_dir: Path) -> Iterator[None]:
+    """`aegpo pretrain`'s folders: check both are writable, lock them, clear what a killed run left there.
+
+    `out` is the base checkpoint (replaced as a whole by each save, so locked through `sibling_lock_file`),
+    `work_dir` holds the intermediate checkpoints. Nothing here imports torch: the CLI refuses a second writer
+    within a second.
+    """
+    check_writable_folder(out.parent, "pretrain.out's folder")
+    check_writable_folder(work_dir, "--work-dir")
+    advice = ("wait for it to finish, or stop it (its intermediate checkpoints in --work-dir are kept: "
+              "pretrain.init_from can start from one)")
+    with contextlib.ExitStack() as stack:
+        # `out` is replaced as a whole at the end (atomic_directory), so its lock lives beside it
+        stack.enter_context(RunLock(out, lock_file=sibling_lock_file(out), advice=advice))
+        stack.enter_context(RunLock(work_dir, advice=advice))
+        recover_directory(out)  # a kill between the two renames of the final save
+        removed = clean_litter(work_dir)
+        for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # not clean_litter(out.parent): it may hold anything
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+        for litter in removed:
+            log.info("removed %s (left by an interrupted save)", litter)
+        yield

@@ -46,7 +46,8 @@ def test_stop_at_writes_out_early_and_runs_are_deterministic(tmp_path):
     out = pretrain(params, tmp_path / "work")
     meta = json.loads((out / "aegpo_checkpoint.json").read_text())["meta"]
     assert meta["step"] == 3 and meta["pretrain"]["stop_at"] == 3
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["step-000002"]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [".aegpo-run.lock", "step-000002"]
+    assert (tmp_path / "work" / ".aegpo-run.lock").read_text() == ""  # released: no holder named
     first = load_policy(out).state_dict()
 
     again = pretrain(_params(tmp_path, "pretrain.steps=10", "pretrain.stop_at=3",

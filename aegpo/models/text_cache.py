@@ -8,13 +8,15 @@ safetensors file per prompt:
 `namespace` is a digest of everything that changes the embeddings (text-encoder
 weights fingerprint, max_sequence_length, dtype), so different models or settings never
 share entries. Each file stores the prompt text in its metadata and is checked on read;
-files are written to a temporary name and renamed, so a crash never leaves a torn entry.
+files are written to a temporary name and renamed, so a crash never leaves a torn entry. A
+damaged entry (a torn copy, a foreign file) is encoded again with a warning naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -24,7 +26,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from aegpo.io_utils import CorruptFileError, read_safetensors, shorten
+
 Tensors = dict[str, torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 def namespace_for(**settings) -> str:
@@ -88,9 +93,32 @@ class TextEmbeddingCache:
 
     @staticmethod
     def _read(path: Path, prompt: str) -> Tensors | None:
+        """The entry stored in `path`, or None (a miss) when there is none or it is damaged.
+
+        A damaged entry (empty, truncated, not safetensors, another prompt's) is a miss with a warning naming the
+        file: it is encoded again and the file rewritten by `put`. A file that cannot be read at all (an OSError:
+        disk error, permissions) is not a cache problem and is raised.
+        """
         if not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("prompt") != prompt:
-                return None  # a digest collision or a foreign file: treat as a miss (it is rewritten)
-            return {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            metadata, tensors = read_safetensors(path, REBUILT, _read_entry)
+        except CorruptFileError as err:
+            if err.reason == "unreadable":
+                raise
+            log.warning("text-embedding cache: %s", err)
+            return None
+        if metadata.get("prompt") != prompt:  # a foreign file (or, never seen, a sha256 collision)
+            log.warning("text-embedding cache: %s holds the entry of another prompt (%r); %s", path,
+                        shorten(metadata.get("prompt", "none"), 80), REBUILT)
+            return None
+        return tensors
+
+
+REBUILT = "this cache entry is encoded again and the file rewritten (delete the cache folder to clear it all)"
+
+
+def _read_entry(name: str) -> tuple[dict[str, str], Tensors]:
+    """(metadata, tensors) of one cache file."""
+    with safe_open(name, framework="pt") as f:
+        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}

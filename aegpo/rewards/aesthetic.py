@@ -19,7 +19,6 @@ from pydantic import Field
 
 from aegpo.rewards.clip_common import LinearChain, load_clip_encoder
 from aegpo.rewards.model_base import ModelReward, ModelRewardOptions, RewardModelError
-from aegpo.rewards.weights import load_state_dict
 
 
 class AestheticOptions(ModelRewardOptions):
@@ -37,8 +36,9 @@ class AestheticReward(ModelReward):
         folder = self.resolve(self.options.path, "path", "dir")
         self.clip = load_clip_encoder(folder, folder, self.device, self.dtype, f"reward.models.{self.name}")
         head_file = self.resolve(self.options.head, "head", "file")
+        state = self.load_weights(head_file, "head")
         try:
-            self.head = LinearChain(load_state_dict(head_file)).to(self.device, self.dtype).eval()
+            self.head = LinearChain(state).to(self.device, self.dtype).eval()
         except ValueError as err:
             raise RewardModelError(f"reward.models.{self.name}.head: {err}") from None
         embed_dim = self.clip.model.config.projection_dim

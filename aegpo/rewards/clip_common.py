@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, CLIPModel
 
+from aegpo.io_utils import CorruptFileError, check_safetensors
 from aegpo.rewards.images import CLIP_MEAN, CLIP_STD, pixel_values
+from aegpo.rewards.model_base import RewardModelError
 
 MIN_VOCAB = 100  # an offline `from_pretrained` without tokenizer files can yield a 2-token tokenizer
 
@@ -87,6 +89,12 @@ class ClipEncoder:
 
 def load_clip_encoder(model_dir: Path, processor_dir: Path, device, dtype, where: str) -> ClipEncoder:
     """A ClipEncoder from a transformers CLIP folder (weights) and a folder with its tokenizer/preprocessor."""
+    for weights in sorted(Path(model_dir).glob("*.safetensors")):  # a torn file: named, not a loader traceback
+        try:
+            check_safetensors(weights, f"download the model folder again and point {where}.path at it "
+                                       "(see docs/rewards.md)")
+        except CorruptFileError as err:
+            raise RewardModelError(f"{where}.path: {err}") from None
     try:
         model = CLIPModel.from_pretrained(str(model_dir), dtype=dtype)
     except (OSError, ValueError) as err:

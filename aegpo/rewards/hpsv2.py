@@ -173,8 +173,9 @@ class HPSv2Reward(ModelReward):
         file = _checkpoint_in(path) if path.is_dir() else path
         if file is None:
             raise RewardModelError(f"{where}.path: {path} holds neither config.json nor exactly one checkpoint file")
+        state = self.load_weights(file)
         try:
-            model = clip_from_open_clip(load_state_dict(file))
+            model = clip_from_open_clip(state)
         except (KeyError, ValueError) as err:
             raise RewardModelError(f"{where}.path: {file} is not an open_clip ViT checkpoint ({err})") from None
         tokenizer = load_tokenizer(tok_dir, where)

@@ -41,7 +41,7 @@ from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisio
 from aegpo.rewards.clip_common import MIN_VOCAB, LinearChain
 from aegpo.rewards.images import CLIP_MEAN, CLIP_STD, pixel_values
 from aegpo.rewards.model_base import ModelReward, ModelRewardOptions, RewardModelError
-from aegpo.rewards.weights import PICKLE_SUFFIXES, load_state_dict
+from aegpo.rewards.weights import PICKLE_SUFFIXES
 
 MEAN, STD = 0.16717362830052426, 1.0333394966054072  # ImageReward's score normalisation
 MAX_TOKENS = 35
@@ -145,8 +145,9 @@ class ImageRewardReward(ModelReward):
                 raise RewardModelError(f"{where}.path: {path} must hold exactly one checkpoint file "
                                        f"(found {len(files)})")
             path = files[0]
+        state = self.load_weights(path)
         try:
-            self.vision, self.text, self.head = blip_modules(load_state_dict(path))
+            self.vision, self.text, self.head = blip_modules(state)
         except (KeyError, ValueError) as err:
             raise RewardModelError(f"{where}.path: {path} is not an ImageReward checkpoint ({err})") from None
         for m in (self.vision, self.text, self.head):

@@ -16,7 +16,9 @@ import torch
 from pydantic import Field, ValidationError
 
 from aegpo.config_base import Section
+from aegpo.io_utils import CorruptFileError
 from aegpo.rewards.base import Reward
+from aegpo.rewards.weights import load_state_dict
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -87,6 +89,16 @@ class ModelReward(Reward):
             raise RewardModelError(f"reward.models.{self.name}.{field}: {what} {path} does not exist "
                                    f"({self.source_hint}; see docs/rewards.md)")
         return path
+
+    def load_weights(self, path: Path, field: str = "path") -> dict[str, torch.Tensor]:
+        """Tensors of a weights file given by option `field`; a damaged file is a RewardModelError naming the file,
+        what is wrong, and the option to point at a good copy."""
+        where = f"reward.models.{self.name}.{field}"
+        try:
+            return load_state_dict(path, remedy=f"download it again ({self.source_hint}; see docs/rewards.md) "
+                                                f"and point {where} at the good copy")
+        except CorruptFileError as err:
+            raise RewardModelError(f"{where}: {err}") from None
 
     # ----- subclasses ---------------------------------------------------------------------------
     def load(self) -> None:

@@ -137,3 +137,94 @@ def test_corrupt_profile_cache_is_rebuilt_with_a_warning(tiny_base, tmp_path, ca
     assert all(str(shard) in " ".join(r.getMessage() for r in caplog.records) for shard in shards)
     assert good.keys() == again.keys()
     assert all(np.array_equal(good[p], again[p]) for p in good)  # rebuilt, same values
+
+
+def _damage(path, damage):
+    """Damage the file at `path`: "zero-byte", "truncated", "garbage" (bytes of no known format)."""
+    if damage == "zero-byte":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        _truncate(path)
+    elif damage == "garbage":
+        path.write_bytes(b"\x00not weights at all" * 20)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("damage", ["zero-byte", "truncated", "garbage", "not tensors"])
+def test_damaged_reward_weights_are_named_with_the_option_to_fix(tmp_path, suffix, damage):
+    import torch
+    from safetensors.torch import save_file
+
+    from aegpo.rewards.model_base import RewardModelError
+    from aegpo.rewards.registry import build_reward
+
+    weights = tmp_path / f"HPS_v2.1_compressed{suffix}"
+    state = {"w": torch.randn(64, 64)}
+    if damage == "not tensors":  # a well-formed file holding something else than parameter tensors
+        save_file({}, str(weights)) if suffix == ".safetensors" else torch.save({"w": [1, 2]}, str(weights))
+    else:
+        save_file(state, str(weights)) if suffix == ".safetensors" else torch.save(state, str(weights))
+        _damage(weights, damage)
+    (tmp_path / "tokenizer").mkdir()
+    with pytest.raises(RewardModelError) as info:
+        build_reward("hpsv2", None, {"hpsv2": {"path": str(weights), "tokenizer": str(tmp_path / "tokenizer")}})
+    text = str(info.value)
+    assert text.startswith("reward.models.hpsv2.path: ") and str(weights) in text
+    assert "download it again (hub: xswu/HPSv2" in text and "point reward.models.hpsv2.path at the good copy" in text
+    what = {"zero-byte": "is empty (0 bytes", "not tensors": "expected a mapping of parameter names to tensors",
+            "truncated": ("is not a readable safetensors file (truncated or damaged" if suffix == ".safetensors"
+                          else "is not a readable PyTorch checkpoint (truncated or damaged"),
+            "garbage": ("is not a readable safetensors file (truncated or damaged" if suffix == ".safetensors"
+                        else "torch.load(weights_only=True) refused it")}[damage]
+    assert what in text
+    assert "weights_only=False" not in text  # torch's advice to unpickle anyway is never passed on
+
+
+def test_damaged_reward_model_folder_weights_are_named(tmp_path):
+    from aegpo.rewards.model_base import RewardModelError
+    from aegpo.rewards.registry import build_reward
+
+    from fixtures.tiny_rewards import clip_folder
+
+    clip_folder(tmp_path / "clip")
+    weights = tmp_path / "clip" / "model.safetensors"
+    _truncate(weights)
+    with pytest.raises(RewardModelError) as info:
+        build_reward("pickscore", None, {"pickscore": {"path": str(tmp_path / "clip")}})
+    text = str(info.value)
+    assert str(weights) in text and "not a readable safetensors file" in text
+    assert "point reward.models.pickscore.path at it" in text
+
+
+@pytest.mark.parametrize("damage", ["zero-byte", "truncated", "garbage", "another prompt's entry"])
+def test_damaged_text_embedding_cache_entry_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
+    import torch
+
+    from aegpo.models.text_cache import TextEmbeddingCache
+
+    prompts = ["a red circle", "two blue squares"]
+    encoded: list[list[str]] = []
+
+    def encode(batch):  # deterministic embeddings of the prompts (the cache is what is under test)
+        encoded.append(list(batch))
+        return [{"states": torch.full((3, 4), float(len(p))), "pooled": torch.arange(4.0) * len(p)} for p in batch]
+
+    first = TextEmbeddingCache("ns", tmp_path)
+    good = first.get_many(prompts, encode)
+    path = first._file(prompts[0])
+    if damage == "another prompt's entry":
+        path.write_bytes(first._file(prompts[1]).read_bytes())
+    else:
+        _damage(path, damage)
+    encoded.clear()
+    with caplog.at_level("WARNING", logger="aegpo.models.text_cache"):
+        again = TextEmbeddingCache("ns", tmp_path).get_many(prompts, encode)
+    assert encoded == [[prompts[0]]]  # only the damaged entry is encoded again
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "encoded again" in warnings[0]
+    assert all(torch.equal(good[i][k], again[i][k]) for i in range(2) for k in good[i])
+    encoded.clear()
+    caplog.clear()
+    third = TextEmbeddingCache("ns", tmp_path).get_many(prompts, encode)  # the entry was rewritten whole
+    assert encoded == [] and not caplog.records
+    assert all(torch.equal(good[i][k], third[i][k]) for i in range(2) for k in good[i])

@@ -1,4 +1,5 @@
-"""One writer per run folder, between real processes: `aegpo train` and the pipeline share one lock."""
+"""One writer per run folder, between real processes: `aegpo train`, `aegpo pretrain` and the pipeline share one
+lock."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aegpo.run_lock import LOCK_FILE, RunInUseError, RunLock
+from aegpo.run_lock import LOCK_FILE, RunInUseError, RunLock, sibling_lock_file
 
 REPO = Path(__file__).resolve().parents[2]
 HOLD = """
@@ -36,6 +37,50 @@ def _holder(run: Path) -> subprocess.Popen:
 def _train(project: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aegpo.cli", "train", *extra], cwd=project, env=_env(),
                           capture_output=True, text=True, timeout=600)
+
+
+def _pretrain(out: Path, work: Path, steps: int) -> subprocess.Popen:
+    """`aegpo pretrain` of a tiny architecture (`steps` steps of 2 images) into `out`, intermediate ones in `work`."""
+    tiny = ["pretrain.arch.num_layers=1", "pretrain.arch.num_heads=1", "pretrain.arch.head_dim=8",
+            "pretrain.arch.text_dim=8", "pretrain.arch.text_layers=1", "pretrain.batch_size=2", "pretrain.warmup=1",
+            f"pretrain.steps={steps}", f"pretrain.save_every={max(1, steps // 2)}", f"pretrain.out={out}"]
+    args = [a for s in tiny for a in ("-S", s)]
+    return subprocess.Popen([sys.executable, "-m", "aegpo.cli", "pretrain", "--params", "builtin", *args,
+                             "--work-dir", str(work)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for_lock(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and f"pid {proc.pid} " in path.read_text()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never named pid {proc.pid}"
+        time.sleep(0.05)
+
+
+def test_a_second_pretrain_into_the_same_out_or_work_dir_is_refused(tmp_path):
+    out, work = tmp_path / "models" / "base", tmp_path / "work"
+    first = _pretrain(out, work, 10**6)  # runs until killed
+    try:
+        _wait_for_lock(work / LOCK_FILE, first)  # taken after the lock of `out`: both are held
+        for folder, second in ((out, _pretrain(out, tmp_path / "other-work", 2)),
+                               (work, _pretrain(tmp_path / "other-out", work, 2))):
+            _, err = second.communicate(timeout=120)
+            assert second.returncode == 2, err
+            assert f"run folder {folder} is in use by another process (pid {first.pid} on" in err, err
+            assert "intermediate checkpoints in --work-dir are kept" in err and "Traceback" not in err
+        assert not out.exists() and not (tmp_path / "other-out").exists()  # refused before any work
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+    assert f"pid {first.pid}" in sibling_lock_file(out).read_text()  # the dead holder's file is still there
+    (tmp_path / "models" / ".base.x1.tmp").mkdir()  # litter of a save it was killed in
+    after = _pretrain(out, work, 2)
+    _, err = after.communicate(timeout=120)
+    assert after.returncode == 0, err
+    assert f"previous writer (pid {first.pid}" in err and "is gone" in err
+    assert (out / "aegpo_checkpoint.json").is_file() and (work / "step-000001").is_dir()
+    assert not (tmp_path / "models" / ".base.x1.tmp").exists()
 
 
 @pytest.fixture
