@@ -275,6 +275,14 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _print_bench(out: str, table: str, *lines: str) -> int:
+    """A benchmark's printout: the table it wrote to `out`, then its summary lines."""
+    print((Path(out) / table).read_text())
+    for line in lines:
+        print(line)
+    return 0
+
+
 def cmd_bench_efficiency(args) -> int:
     from aegpo.bench.efficiency import BenchSpec, parse_rows, run_efficiency
 
@@ -283,30 +291,26 @@ def cmd_bench_efficiency(args) -> int:
                      nfe_budget=args.nfe_budget, eval_every_nfe=args.eval_every_nfe, target=args.target,
                      jobs=args.jobs, variants=variants)
     summary = run_efficiency(_params(args), spec, args.out)
-    print((Path(args.out) / "table.md").read_text())
-    print(f"machine: {summary['settings']['machine']}\n"
-          f"results: {args.out}/(curves.csv, curves.png, table.md, summary.json)")
-    return 0
+    return _print_bench(args.out, "table.md", f"machine: {summary['settings']['machine']}",
+                        f"results: {args.out}/(curves.csv, curves.png, table.md, summary.json)")
 
 
 def cmd_bench_critical_steps(args) -> int:
     from aegpo.bench.critical_steps import run_critical_steps, summary_line
 
     result = run_critical_steps(_params(args), args.out, num_prompts=args.prompts, group=args.group)
-    print((Path(args.out) / "table.md").read_text())
-    print(f"{summary_line(result)}\n-> {args.out}/(summary.json, critical_steps.png, table.md); "
-          f"machine: {result['settings']['machine']}")
-    return 0
+    return _print_bench(args.out, "table.md", summary_line(result),
+                        f"-> {args.out}/(summary.json, critical_steps.png, table.md); "
+                        f"machine: {result['settings']['machine']}")
 
 
 def cmd_bench_overhead(args) -> int:
     from aegpo.bench.overhead import run_overhead
 
     summary = run_overhead(_params(args), args.out, num_prompts=args.prompts, repeats=args.repeats)
-    print((Path(args.out) / "overhead.md").read_text())
-    print(f"selected ({summary['selected_variant']}): time ratio {summary['time_ratio']:.3f}, "
-          f"memory ratio {summary['memory_ratio']:.3f} -> {args.out}/summary.json")
-    return 0
+    return _print_bench(args.out, "overhead.md", f"selected ({summary['selected_variant']}): time ratio "
+                        f"{summary['time_ratio']:.3f}, memory ratio {summary['memory_ratio']:.3f} "
+                        f"-> {args.out}/summary.json")
 
 
 def cmd_bench_ablations(args) -> int:
@@ -317,8 +321,7 @@ def cmd_bench_ablations(args) -> int:
     spec = AblationSpec(variants=names, seeds=[int(x) for x in args.seeds.split(",")], nfe_budget=args.nfe_budget,
                         eval_every_nfe=args.eval_every_nfe, jobs=args.jobs)
     run_ablations(_params(args), spec, args.out, args.reference)
-    print((Path(args.out) / "table.md").read_text())
-    return 0
+    return _print_bench(args.out, "table.md")
 
 
 def cmd_inspect_census(args) -> int:
@@ -352,12 +355,10 @@ def cmd_bench_scaling(args) -> int:
     from aegpo.bench.scaling import run_scaling
 
     ranks = [int(x) for x in args.ranks.split(",")]
-    params_path = args.params if Path(args.params).is_file() or args.params != "params.yaml" else None
-    summary = run_scaling(params_path, args.set, args.out, ranks, args.rounds)
-    print((Path(args.out) / "table.md").read_text())
-    print(f"machine: {summary['machine']}")
-    print(f"results: {args.out}/(summary.json, table.md)")
-    return 0
+    _params(args)  # a missing or invalid params file fails here, before any rank starts
+    summary = run_scaling(args.params, args.set, args.out, ranks, args.rounds)
+    return _print_bench(args.out, "table.md", f"machine: {summary['machine']}",
+                        f"results: {args.out}/(summary.json, table.md)")
 
 
 # ----- pipeline: the Prefect flows of flows/ (needs the [pipeline] extra) -----------------------------

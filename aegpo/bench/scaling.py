@@ -32,7 +32,7 @@ GOAL_SPEEDUP = 1.6  # 2 ranks on CPU
 GOAL_DIFF = 1e-5
 
 
-def run_scaling(params_path: str | None, overrides: list[str], out: str | Path, ranks: list[int], rounds: int,
+def run_scaling(params_path: str, overrides: list[str], out: str | Path, ranks: list[int], rounds: int,
                 project_dir: str | Path = ".", timeout: float = 3600) -> dict[str, Any]:
     """Run each world size in `ranks` (the first is the reference, normally 1) and write summary.json/table.md."""
     from aegpo.bench.efficiency import machine_description
@@ -48,7 +48,7 @@ def run_scaling(params_path: str | None, overrides: list[str], out: str | Path, 
                 "train.eval_every=0", "model.threads=1", f"train.nproc={n}"]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                "-m", "aegpo.bench.scaling", "--worker", "--timings", str(folder / "timings.json")]
-        cmd += ["--params", params_path] if params_path else []
+        cmd += ["--params", str(params_path)]
         for s in sets:
             cmd += ["-S", s]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
