@@ -165,6 +165,14 @@ def tiles_of(grid: np.ndarray, n: int, tile: int | None = None, columns: int = 1
     return grid_tiles(grid, n, (side, side), columns)
 
 
+def plan_column(record: RoundRecord, name: str) -> list:
+    """The plan's per-prompt column `name` (one value per prompt of the round); a None per prompt when the
+    plan has no such column, or one of another length (a strategy that measures no entropy)."""
+    values = record.plan.get(name)
+    n = len(record.per_prompt)
+    return list(values) if values is not None and len(values) == n else [None] * n
+
+
 def allocation_rows(record: RoundRecord) -> list[dict[str, Any]]:
     """The round's allocation, one row per prompt: what a person asks of it first.
 
@@ -173,15 +181,9 @@ def allocation_rows(record: RoundRecord) -> list[dict[str, Any]]:
     measure none), budget (rollouts), explored_steps (the SDE steps of the group, space separated), round,
     prompt, reward_mean, prompt_id, base_entropy, current_entropy.
     """
-    plan = record.plan
     pp = record.per_prompt
-    n = len(pp)
-
-    def col(name: str) -> list:
-        values = plan.get(name)
-        return list(values) if values is not None and len(values) == n else [None] * n
-
-    delta, base, current, steps = col("delta_entropy"), col("base_entropy"), col("current_entropy"), col("chosen_steps")
+    delta, base, current, steps = (plan_column(record, name) for name in
+                                   ("delta_entropy", "base_entropy", "current_entropy", "chosen_steps"))
     r = record.round
     return [{"key": f"r{r} {p.prompt}", "delta_entropy": delta[i], "budget": p.group_size,
              "explored_steps": "" if steps[i] is None else " ".join(map(str, steps[i])), "round": r,

@@ -60,8 +60,7 @@ def run_ranks(spec: RunSpec) -> dict[str, Any]:
             result, images = trainer.evaluate_base()
             if tracker is not None:
                 _store_eval(spec, store, tracker, "base", 0, result, images)
-        if tracker is not None:
-            trainer.callbacks.append(lambda record: _publish_round(spec, store, tracker, trainer, record))
+        publish = None if tracker is None else (lambda record: _publish_round(spec, store, tracker, trainer, record))
         while trainer.round < params.train.rounds:
             work = trainer.begin_round()
             trainer.sample(work)
@@ -76,7 +75,7 @@ def run_ranks(spec: RunSpec) -> dict[str, Any]:
                                     png_bytes(image_grid(work.rollout.images)))
             store.storage.put_bytes(store.round_key(r, shard_name(rank, "rollouts")), to_parquet_bytes(table))
             trainer.optimize(work)
-            trainer.end_round(work)
+            trainer.end_round(work, publish=publish)
         return {"round": trainer.round, "nfe": trainer.nfe, "ranks": distributed.world_size()}
     finally:
         if lock is not None:

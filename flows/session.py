@@ -1,23 +1,30 @@
-"""The policy lives in the worker process: one `TrainingSession` per run, shared by its tasks.
+"""The run's trainer, owned by the training flow: `open_session(spec)` yields the `TrainingSession`
+that flows/train.py:train_flow passes to each of its tasks.
 
-Tasks exchange manifests; the model, optimizer and the round in flight stay here, in the
-process that runs the flow (one worker per GPU). A session is built from the run folder's
-saved state (pulling it from the store first when the store is remote and the folder is
-empty), so a task in a fresh process, or a flow restarted after kill -9, continues from the
-last completed round.
+Tasks exchange manifests; the model, optimizer and the round in flight stay in the session, in
+the process that runs the flow (one worker per GPU). There is no registry: the flow opens the
+session once, hands it to the tasks as an argument, and closes it when the run ends.
 
-If a task fails while it changes the trainer (sampling, update, end of round), the session is
-dropped: the next use rebuilds it from the saved state, never from a half-updated model.
+- The session holds the run folder's lock (aegpo.run_lock, the same flock `aegpo train` takes)
+  from `open_session` to its end: two processes never train into the same folder, and the lock
+  goes with the process, kill -9 included.
+- The trainer is built on first use from the run folder's saved state (pulling it from the store
+  first when the store is remote and the folder is empty), so a flow restarted after kill -9
+  continues from the last completed round.
+- A task that fails while it changes the trainer (sampling, update, end of round) discards it
+  (`TrainingSession.mutating`): the next use, e.g. Prefect's retry of that task, rebuilds it from
+  the saved state, never from a half-updated model.
 
-A run folder is locked (aegpo.run_lock, the same flock `aegpo train` takes) while a session holds
-it: two processes never train into the same folder; the lock goes with the process, kill -9 included.
+A session is passed to Prefect tasks and to the round subflow by reference and is never
+serialised: the tasks use `cache_policy=NO_CACHE` (nothing hashes it), and the class has
+`__slots__` and no `__dict__`, so Prefect's JSON encoder gives up on it at once and records the
+subflow parameter as "<TrainingSession>" instead of walking the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aegpo.run_lock import LOCK_FILE, RunInUseError, RunLock  # noqa: F401 (re-exported: the flows' names)
@@ -27,74 +34,70 @@ from flows.spec import RunSpec, read_prompts
 from flows.storage import open_storage
 
 
-@dataclass
 class TrainingSession:
-    spec: RunSpec
-    trainer: Trainer
-    store: RunStore
-    lock: RunLock
-    in_flight: dict[int, RoundWork] = field(default_factory=dict)  # rounds sampled (and scored), not yet updated
-    pending: dict[int, RoundWork] = field(default_factory=dict)  # rounds updated but not yet ended
+    """One run's trainer (built lazily, rebuilt after `discard`) and its rounds in flight."""
 
-    def close(self) -> None:
+    __slots__ = ("spec", "store", "_trainer", "in_flight", "pending")
+
+    def __init__(self, spec: RunSpec, store: RunStore) -> None:
+        self.spec, self.store = spec, store
+        self._trainer: Trainer | None = None
+        self.in_flight: dict[int, RoundWork] = {}  # rounds sampled (and scored), not yet updated
+        self.pending: dict[int, RoundWork] = {}  # rounds updated but not yet ended
+
+    @property
+    def trainer(self) -> Trainer:
+        """The run's trainer; built (resumed from the saved state) on first use and after `discard`."""
+        if self._trainer is None:
+            self._trainer = _build_trainer(self.spec, self.store)
+        return self._trainer
+
+    def at_round(self, round_idx: int) -> Trainer:
+        """The trainer, which must be about to run round `round_idx`."""
+        t = self.trainer
+        if t.round != round_idx:
+            raise RuntimeError(f"run {self.spec.run_dir} is at round {t.round}, not {round_idx}: "
+                               "restart the training flow, it resumes from its last completed round")
+        return t
+
+    @contextlib.contextmanager
+    def mutating(self) -> Iterator[None]:
+        """Wrap code that changes the trainer: on any error the trainer is discarded (see module doc)."""
+        try:
+            yield
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Forget the trainer and the rounds in flight; the next use rebuilds it from the saved state."""
         self.in_flight.clear()
         self.pending.clear()
-        self.trainer.close()
-        self.lock.close()
-
-
-_SESSIONS: dict[str, TrainingSession] = {}
-
-
-def _session_key(spec: RunSpec) -> str:
-    return f"{spec.project_dir}:{spec.run_dir}:{spec.fingerprint}"
-
-
-def session_for(spec: RunSpec) -> TrainingSession:
-    """The live session of `spec`'s run in this process, built (and resumed) on first use."""
-    key = _session_key(spec)
-    session = _SESSIONS.get(key)
-    if session is None or session.spec.base_profile_key != spec.base_profile_key:
-        if session is not None:
-            session.close()
-        session = _build(spec)
-        _SESSIONS[key] = session
-    session.spec = spec  # later specs may carry the MLflow run id
-    return session
-
-
-def drop_session(spec: RunSpec) -> None:
-    """Forget the session (its model and lock); the next use rebuilds it from the saved state."""
-    session = _SESSIONS.pop(_session_key(spec), None)
-    if session is not None:
-        session.close()
+        trainer, self._trainer = self._trainer, None
+        if trainer is not None:
+            trainer.close()
 
 
 @contextlib.contextmanager
-def mutating(spec: RunSpec) -> Iterator[None]:
-    """Wrap code that changes the trainer: on any error the session is dropped (see module doc)."""
+def open_session(spec: RunSpec) -> Iterator[TrainingSession]:
+    """Hold `spec`'s run for the block: its lock, its store and its trainer, all given back at the end."""
+    lock = RunLock(spec.run_path)
+    session = None
     try:
-        yield
-    except BaseException:
-        drop_session(spec)
-        raise
-
-
-def _build(spec: RunSpec) -> TrainingSession:
-    params = spec.params()
-    run_path = spec.run_path
-    lock = RunLock(run_path)
-    try:
-        store = RunStore(open_storage(spec.storage_uri, spec.project), spec.run_key)
-        _pull_remote_progress(store, run_path)
-        profile_path = _profile_path(spec, store, run_path)
-        trainer = Trainer(params, read_prompts(params, spec.project, "train"),
-                          read_prompts(params, spec.project, "eval"),
-                          project_dir=spec.project, progress=False, base_profile_path=profile_path)
-    except BaseException:
+        session = TrainingSession(spec, RunStore(open_storage(spec.storage_uri, spec.project), spec.run_key))
+        yield session
+    finally:
+        if session is not None:
+            session.discard()
         lock.close()
-        raise
-    return TrainingSession(spec, trainer, store, lock)
+
+
+def _build_trainer(spec: RunSpec, store: RunStore) -> Trainer:
+    params = spec.params()
+    _pull_remote_progress(store, spec.run_path)
+    profile_path = _profile_path(spec, store, spec.run_path)
+    return Trainer(params, read_prompts(params, spec.project, "train"), read_prompts(params, spec.project, "eval"),
+                   project_dir=spec.project, progress=False, base_profile_path=profile_path)
 
 
 def _pull_remote_progress(store: RunStore, run_path: Path) -> None:

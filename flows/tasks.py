@@ -1,9 +1,10 @@
 """Prefect tasks of the pipeline: thin wrappers over aegpo that take and return small manifests.
 
-Each task receives the `RunSpec` and round numbers and returns URIs, hashes and a few numbers, never
-models or tensors. The round in flight stays in memory between a round's tasks (flows.session); what
-they store (flows.round_io) is a side output, read back only when the session was rebuilt in between
-(a retry after a failure, another process).
+The round's tasks receive the training flow's `TrainingSession` (flows.session: the run's spec,
+store and trainer, passed by reference) and round numbers; every task returns URIs, hashes and a few
+numbers, never models or tensors. The round in flight stays in the session between a round's tasks;
+what they store (flows.round_io) is a side output, read back only when the trainer was rebuilt in
+between (a retry after a failure).
 
 | task                  | reads                          | writes (store)                          | retries |
 |-----------------------|--------------------------------|-----------------------------------------|---------|
@@ -16,8 +17,8 @@ they store (flows.round_io) is a side output, read back only when the session wa
 | sync-run              | run folder                     | state/, checkpoint/ trees (remote stores) | I/O   |
 
 Retries happen only for transient errors (flows._prefect.is_transient): never for
-out-of-memory or bad input. A task that fails while changing the trainer drops the session, so
-a retry starts again from the last saved state (flows.session).
+out-of-memory or bad input. A task that fails while changing the trainer discards it
+(`TrainingSession.mutating`), so a retry starts again from the last saved state.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from aegpo.record import RejectedRound, RoundRecord
 from aegpo.tables import PROFILE_SCHEMA, from_parquet_bytes
 from flows._prefect import publish_markdown, publish_table, retry_on_io, run_logger
 from flows.progress import step_logger
-from flows.session import mutating, session_for
+from flows.round_io import RunStore
+from flows.session import TrainingSession
 from flows.spec import RunSpec, read_prompts, resolve
 from flows.storage import StorageError, open_storage
 from flows.tracking import Tracker, allocation_table
@@ -109,28 +111,20 @@ def profile_base_entropy(spec: RunSpec) -> dict[str, Any]:
 
 
 # ----- one training round -----------------------------------------------------------------------------
-def _trainer_at(spec: RunSpec, round_idx: int):
-    session = session_for(spec)
-    if session.trainer.round != round_idx:
-        raise RuntimeError(f"run {spec.run_dir} is at round {session.trainer.round}, not {round_idx}: "
-                           "restart the training flow, it resumes from its last completed round")
-    return session
-
-
+# These tasks take the flow's TrainingSession (flows.session) by reference; NO_CACHE: nothing hashes it.
 @task(name="run-state", task_run_name="run-state", cache_policy=NO_CACHE, **IO_RETRIES)
-def run_state(spec: RunSpec) -> dict[str, Any]:
-    """Where the run stands (building its session resumes it from the saved state)."""
-    t = session_for(spec).trainer
+def run_state(session: TrainingSession) -> dict[str, Any]:
+    """Where the run stands (building the session's trainer resumes it from the saved state)."""
+    t = session.trainer
     return {"round": t.round, "nfe": t.nfe, "rounds": t.params.train.rounds, "base_eval_due": t.base_eval_due()}
 
 
 @task(name="generate-rollouts", task_run_name="generate-rollouts-r{round_idx:04d}", cache_policy=NO_CACHE,
       **IO_RETRIES)
-def generate_rollouts(spec: RunSpec, round_idx: int) -> dict[str, Any]:
+def generate_rollouts(session: TrainingSession, round_idx: int) -> dict[str, Any]:
     """Plan the round (group sizes, explored steps) and sample it; stores transitions and images."""
-    session = _trainer_at(spec, round_idx)
-    t = session.trainer
-    with mutating(spec):  # planning may advance a strategy's state: a retry must start from the saved state
+    t = session.at_round(round_idx)
+    with session.mutating():  # planning may advance a strategy's state: a retry must start from the saved state
         work = t.begin_round()
         t.sample(work)
         objs = session.store.save_rollout(round_idx, work.rollout, work.plan)
@@ -142,15 +136,15 @@ def generate_rollouts(spec: RunSpec, round_idx: int) -> dict[str, Any]:
 
 @task(name="score-rewards", task_run_name="score-rewards-r{rollouts[round]:04d}", cache_policy=NO_CACHE,
       **IO_RETRIES)
-def score_rewards(spec: RunSpec, rollouts: dict[str, Any]) -> dict[str, Any]:
+def score_rewards(session: TrainingSession, rollouts: dict[str, Any]) -> dict[str, Any]:
     """Score the stored images and compute group advantages; stores rewards and the rollouts table."""
     r = rollouts["round"]
-    session = _trainer_at(spec, r)
+    t = session.at_round(r)
     work = session.in_flight.get(r)
-    if work is None:  # a rebuilt session: the round's rollout from the store
+    if work is None:  # a rebuilt trainer: the round's rollout from the store
         rollout, plan = session.store.load_rollout(r)
-        work = session.in_flight[r] = session.trainer.restore_round(rollout, plan, times=rollouts["times"])
-    session.trainer.score(work)
+        work = session.in_flight[r] = t.restore_round(rollout, plan, times=rollouts["times"])
+    t.score(work)
     objs = session.store.save_scores(r, work.ctx.prompt_ids, work.rollout, work.scored, work.advantages)
     return {"round": r, "reward_mean": float(work.scored.score.mean()), "reward_std": float(work.scored.score.std()),
             "times": dict(work.times), **{k: v.as_dict() for k, v in objs.items()}}
@@ -158,27 +152,25 @@ def score_rewards(spec: RunSpec, rollouts: dict[str, Any]) -> dict[str, Any]:
 
 @task(name="update-policy", task_run_name="update-policy-r{rollouts[round]:04d}", cache_policy=NO_CACHE,
       **IO_RETRIES)
-def update_policy(spec: RunSpec, rollouts: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+def update_policy(session: TrainingSession, rollouts: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     """The clipped policy-gradient update on the stored transitions and advantages."""
     r = rollouts["round"]
-    session = _trainer_at(spec, r)
-    t = session.trainer
+    t = session.at_round(r)
     work = session.in_flight.pop(r, None)
-    if work is None or work.scored is None:  # a rebuilt session: the round's outputs from the store
+    if work is None or work.scored is None:  # a rebuilt trainer: the round's outputs from the store
         rollout, plan = session.store.load_rollout(r)
         scored, advantages = session.store.load_scores(r)
         work = t.restore_round(rollout, plan, scored, advantages, times=scores["times"])
-    with mutating(spec):
+    with session.mutating():
         t.optimize(work)
     session.pending[r] = work
     return {"round": r, "stats": dict(work.stats), "eval_due": t.eval_due(r + 1)}
 
 
 @task(name="evaluate-policy", task_run_name="evaluate-policy-{label}", cache_policy=NO_CACHE, **IO_RETRIES)
-def evaluate_policy(spec: RunSpec, label: str, rounds_done: int) -> dict[str, Any]:
+def evaluate_policy(session: TrainingSession, label: str, rounds_done: int) -> dict[str, Any]:
     """Evaluate the current policy on the eval prompts (fixed seeds); `label` "base" before round 0."""
-    session = session_for(spec)
-    t = session.trainer
+    spec, t = session.spec, session.trainer
     t0 = time.perf_counter()
     result, images = t.evaluate_base() if label == "base" else t.evaluate_with_images()
     seconds = time.perf_counter() - t0
@@ -195,21 +187,20 @@ def evaluate_policy(spec: RunSpec, label: str, rounds_done: int) -> dict[str, An
 
 
 @task(name="finish-round", task_run_name="finish-round-r{round_idx:04d}", cache_policy=NO_CACHE)
-def finish_round(spec: RunSpec, round_idx: int, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish_round(session: TrainingSession, round_idx: int, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """End the round: NFE, record, MLflow and Prefect artifacts, then the resumable state (in that order)."""
-    session = session_for(spec)
     t = session.trainer
     if t.round == round_idx + 1 and round_idx not in session.pending:
         return {"round": round_idx, "already_finished": True}  # a retry after the state was saved
     work = session.pending.pop(round_idx, None)
     if work is None:
-        raise RuntimeError(f"round {round_idx} of {spec.run_dir} has no policy update in this process "
+        raise RuntimeError(f"round {round_idx} of {session.spec.run_dir} has no policy update in this process "
                            "(was it restarted?): restart the training flow to redo the round")
     result = None
     if evaluation is not None:
         result = session.store.storage.get_json(evaluation["eval"]["key"])
-    with mutating(spec):
-        record = t.end_round(work, result, publish=_RoundPublisher(spec, session))
+    with session.mutating():
+        record = t.end_round(work, result, publish=_RoundPublisher(session.spec, session.store))
     try:
         session.store.drop_transitions(round_idx)
     except (OSError, StorageError) as err:  # only space is at stake: the round is complete and saved
@@ -226,8 +217,8 @@ class _RoundPublisher:
     redoes the round and logs it again (same step), never skips it.
     """
 
-    def __init__(self, spec: RunSpec, session) -> None:
-        self.spec, self.session = spec, session
+    def __init__(self, spec: RunSpec, store: RunStore) -> None:
+        self.spec, self.store = spec, store
 
     def __call__(self, record: RoundRecord) -> None:
         r, spec = record.round, self.spec
@@ -237,7 +228,7 @@ class _RoundPublisher:
             if media:
                 from flows.round_io import png_array
 
-                images = png_array(self.session.store.storage.get_bytes(self.session.store.round_key(r, "images.png")))
+                images = png_array(self.store.storage.get_bytes(self.store.round_key(r, "images.png")))
             Tracker(spec.tracking_uri, spec.experiment).log_round(spec.mlflow_run_id, record, images, media)
         publish_markdown("aegpo-round-summary", round_summary_markdown(spec, record), f"Round {r} of {spec.run_name}")
         publish_allocation(record, f"ΔEntropy and rollouts per prompt, round {r} of {spec.run_name}")
@@ -259,10 +250,9 @@ def round_summary_markdown(spec: RunSpec, record: RoundRecord) -> str:
 
 
 @task(name="sync-run", task_run_name="sync-run-r{round_idx:04d}", cache_policy=NO_CACHE, **IO_RETRIES)
-def sync_run(spec: RunSpec, round_idx: int) -> dict[str, Any]:
+def sync_run(session: TrainingSession, round_idx: int) -> dict[str, Any]:
     """Copy the saved state, checkpoint and round record to a remote store (no-op for the local one)."""
-    session = session_for(spec)
-    store, run_path = session.store, spec.run_path
+    store, run_path = session.store, session.spec.run_path
     if store.storage.local_path(store.run_key) is not None:
         return {"round": round_idx, "synced": False}
     state = store.push_tree(run_path / "state", "state")

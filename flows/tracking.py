@@ -16,6 +16,7 @@ Metric steps: per-round metrics use `step = round` (0-based round index); evalua
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -122,18 +123,13 @@ def round_metrics(record: RoundRecord) -> dict[str, float]:
 
 def allocation_table(record: RoundRecord) -> dict[str, list]:
     """Per-prompt ΔEntropy and allocation of one round (columns of equal length)."""
-    plan = record.plan
     pp = record.per_prompt
     n = len(pp)
-
-    def col(name: str) -> list:
-        values = plan.get(name)
-        return list(values) if values is not None and len(values) == n else [None] * n
-
+    col = functools.partial(media.plan_column, record)
     return {"round": [record.round] * n, "prompt_id": [p.prompt_id for p in pp], "prompt": [p.prompt for p in pp],
             "delta_entropy": col("delta_entropy"), "base_entropy": col("base_entropy"),
             "current_entropy": col("current_entropy"), "group_size": [p.group_size for p in pp],
-            "chosen_steps": ([" ".join(map(str, s)) for s in col("chosen_steps")] if plan.get("chosen_steps")
+            "chosen_steps": ([" ".join(map(str, s)) for s in col("chosen_steps")] if record.plan.get("chosen_steps")
                              else [""] * n),
             "reward_mean": [p.reward_mean for p in pp], "reward_std": [p.reward_std for p in pp]}
 

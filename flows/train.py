@@ -7,7 +7,10 @@ Run it:
     prefect deployment run 'aegpo-train/gpu' --param overrides='["train.rounds=5"]'
 
 Each round is its own flow run `round-NNNN` (subflow `aegpo-round`) with the tasks
-generate-rollouts → score-rewards → update-policy → [evaluate-policy] → finish-round → sync-run.
+generate-rollouts → score-rewards → update-policy → [evaluate-policy] → finish-round → sync-run,
+the stages of `aegpo.trainer.Trainer.run_round`. The flow opens the run's `TrainingSession` once
+(flows.session: the run lock and the trainer) and passes it to each task as an argument; it is
+closed, and the lock given back, after the run is finalized (or failed).
 The run folder is `<train.out_dir>/<strategy>-<fingerprint>` unless `run_dir` is given: the same
 parameters continue the same run (after a crash or kill -9, from the last completed round);
 other parameters start a new one beside it.
@@ -34,7 +37,7 @@ from aegpo.strategies.registry import strategy_class
 from flows._prefect import flow_run_id, publish_markdown, run_logger
 from flows.progress import RoundProgress
 from flows.reports import load_records, write_reports
-from flows.session import drop_session
+from flows.session import TrainingSession, open_session
 from flows.spec import RunSpec, artifact_location, prepare_run, resolve, run_tags
 from flows.storage import open_storage, redact_url
 from flows.tasks import (
@@ -57,16 +60,20 @@ def _round_run_name() -> str:
 
 
 @flow(name="aegpo-round", flow_run_name=_round_run_name, log_prints=True)
-def train_round(spec: RunSpec, round_idx: int) -> dict[str, Any]:
-    """One round: sample → score → update → (evaluate) → record and save → sync."""
-    rollouts = generate_rollouts(spec, round_idx)
-    scores = score_rewards(spec, rollouts)
-    update = update_policy(spec, rollouts, scores)
+def train_round(session: TrainingSession, round_idx: int) -> dict[str, Any]:
+    """One round of the session's run: sample → score → update → (evaluate) → record and save → sync.
+
+    The session is the training flow's (flows.session), passed by reference: Prefect records this
+    parameter as "<TrainingSession>" and never serialises it.
+    """
+    rollouts = generate_rollouts(session, round_idx)
+    scores = score_rewards(session, rollouts)
+    update = update_policy(session, rollouts, scores)
     evaluation = None
     if update["eval_due"]:
-        evaluation = evaluate_policy(spec, f"round-{round_idx + 1:04d}", round_idx + 1)
-    result = finish_round(spec, round_idx, evaluation)
-    sync_run(spec, round_idx)
+        evaluation = evaluate_policy(session, f"round-{round_idx + 1:04d}", round_idx + 1)
+    result = finish_round(session, round_idx, evaluation)
+    sync_run(session, round_idx)
     run_logger().info("round %d: reward %.4f, nfe %d%s", round_idx, scores["reward_mean"], result.get("nfe", 0),
                       "".join(f", eval {k} {v:.3f}" for k, v in list(evaluation["metrics"].items())[:2])
                       if evaluation else "")
@@ -240,22 +247,21 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
             distributed.check_devices(ranks, params.model.device)
             train_on_ranks(spec, ranks)
             return finalize_run(spec, export_dir, reports_dir)
-        state = run_state(spec)
-        if state["round"]:
-            log.info("resuming %s at round %d of %d", spec.run_dir, state["round"], state["rounds"])
-        if state["base_eval_due"]:
-            evaluate_policy(spec, "base", 0)
-        progress = RoundProgress(state["round"], state["rounds"])
-        for r in range(state["round"], state["rounds"]):
-            result = train_round(spec, r)
-            log.info(progress.line(r, result.get("reward_mean"), result.get("nfe", 0), result.get("eval"),
-                                   result.get("rejected")))
-        return finalize_run(spec, export_dir, reports_dir)
+        with open_session(spec) as session:  # the run's lock and trainer, until the run is finalized
+            state = run_state(session)
+            if state["round"]:
+                log.info("resuming %s at round %d of %d", spec.run_dir, state["round"], state["rounds"])
+            if state["base_eval_due"]:
+                evaluate_policy(session, "base", 0)
+            progress = RoundProgress(state["round"], state["rounds"])
+            for r in range(state["round"], state["rounds"]):
+                result = train_round(session, r)
+                log.info(progress.line(r, result.get("reward_mean"), result.get("nfe", 0), result.get("eval"),
+                                       result.get("rejected")))
+            return finalize_run(spec, export_dir, reports_dir)
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise
-    finally:
-        drop_session(spec)
 
 
 def _base_profile(spec: RunSpec, given: str) -> str:

@@ -130,13 +130,3 @@ def mlflow_db(mlflow_template, tmp_path):
     path = tmp_path / "mlflow.db"
     shutil.copy(mlflow_template, path)
     return f"sqlite:///{path}"
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_sessions():
-    """Each test starts without trainer sessions left by another test in this process."""
-    yield
-    from flows import session
-
-    for key in list(session._SESSIONS):
-        session._SESSIONS.pop(key).close()

@@ -44,11 +44,11 @@ def test_task_runs_are_named_by_round_and_stage():
     from prefect._internal.engine import resolve_custom_task_run_name
 
     rollouts = {"round": 7}
-    names = [resolve_custom_task_run_name(generate_rollouts, {"spec": None, "round_idx": 7}),
-             resolve_custom_task_run_name(score_rewards, {"spec": None, "rollouts": rollouts}),
-             resolve_custom_task_run_name(update_policy, {"spec": None, "rollouts": rollouts, "scores": {}}),
-             resolve_custom_task_run_name(evaluate_policy, {"spec": None, "label": "round-0008", "rounds_done": 8}),
-             resolve_custom_task_run_name(finish_round, {"spec": None, "round_idx": 7, "evaluation": None}),
-             resolve_custom_task_run_name(sync_run, {"spec": None, "round_idx": 7})]
+    names = [resolve_custom_task_run_name(generate_rollouts, {"session": None, "round_idx": 7}),
+             resolve_custom_task_run_name(score_rewards, {"session": None, "rollouts": rollouts}),
+             resolve_custom_task_run_name(update_policy, {"session": None, "rollouts": rollouts, "scores": {}}),
+             resolve_custom_task_run_name(evaluate_policy, {"session": None, "label": "round-0008", "rounds_done": 8}),
+             resolve_custom_task_run_name(finish_round, {"session": None, "round_idx": 7, "evaluation": None}),
+             resolve_custom_task_run_name(sync_run, {"session": None, "round_idx": 7})]
     assert names == ["generate-rollouts-r0007", "score-rewards-r0007", "update-policy-r0007",
                      "evaluate-policy-round-0008", "finish-round-r0007", "sync-run-r0007"]

@@ -4,6 +4,10 @@ they train exactly what `Trainer.run()` trains, and log to MLflow without stray 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -13,8 +17,8 @@ from mlflow import MlflowClient
 
 from aegpo.config import flatten
 from aegpo.trainer import Trainer
-from flows import session as sessions
 from flows._prefect import is_transient
+from flows.session import open_session
 from flows.spec import prepare_run, read_prompts, run_tags
 from flows.storage import StorageError
 from flows.tasks import (
@@ -32,16 +36,17 @@ from flows.tracking import Tracker
 
 
 def _run_tasks(spec) -> None:
-    state = run_state.fn(spec)
-    if state["base_eval_due"]:
-        evaluate_policy.fn(spec, "base", 0)
-    for r in range(state["round"], state["rounds"]):
-        ro = generate_rollouts.fn(spec, r)
-        sc = score_rewards.fn(spec, ro)
-        up = update_policy.fn(spec, ro, sc)
-        ev = evaluate_policy.fn(spec, f"round-{r + 1:04d}", r + 1) if up["eval_due"] else None
-        finish_round.fn(spec, r, ev)
-        sync_run.fn(spec, r)
+    with open_session(spec) as session:
+        state = run_state.fn(session)
+        if state["base_eval_due"]:
+            evaluate_policy.fn(session, "base", 0)
+        for r in range(state["round"], state["rounds"]):
+            ro = generate_rollouts.fn(session, r)
+            sc = score_rewards.fn(session, ro)
+            up = update_policy.fn(session, ro, sc)
+            ev = evaluate_policy.fn(session, f"round-{r + 1:04d}", r + 1) if up["eval_due"] else None
+            finish_round.fn(session, r, ev)
+            sync_run.fn(session, r)
 
 
 @pytest.mark.slow  # a 3-round run through the tasks, and the trainer
@@ -56,7 +61,6 @@ def test_tasks_train_what_the_trainer_trains(make_project, mlflow_db):
     run_id = tracker.start_training_run(spec.run_name, run_tags(spec, None), flatten(params), {})
     spec = spec.model_copy(update={"mlflow_run_id": run_id, "media_every": 1})
     _run_tasks(spec)
-    sessions.drop_session(spec)
 
     direct = Trainer(params.model_copy(update={"train": params.train.model_copy(update={"out_dir": "direct"})}),
                      read_prompts(params, proj), read_prompts(params, proj, "eval"), project_dir=proj, progress=False)
@@ -102,18 +106,49 @@ def test_tasks_train_what_the_trainer_trains(make_project, mlflow_db):
     assert client.get_run(reused["mlflow_run_id"]).data.tags["aegpo.reused"] == "True"
 
 
-def test_a_failed_update_drops_the_session(make_project, mlflow_db, monkeypatch):
+def test_a_failed_update_discards_the_trainer(make_project, mlflow_db, monkeypatch):
     proj = make_project(strategy="grpo")
     spec = prepare_run("params.yaml", [], proj, tracking_uri=mlflow_db)
-    ro = generate_rollouts.fn(spec, 0)
-    sc = score_rewards.fn(spec, ro)
-    first = sessions.session_for(spec)
-    monkeypatch.setattr(Trainer, "optimize", lambda self, work: (_ for _ in ()).throw(RuntimeError("boom")))
-    with pytest.raises(RuntimeError, match="boom"):
-        update_policy.fn(spec, ro, sc)
-    assert sessions.session_for(spec) is not first  # rebuilt from the saved state, not reused half-updated
-    with pytest.raises(RuntimeError, match="no policy update in this process"):
-        finish_round.fn(spec, 0, None)
+    with open_session(spec) as session:
+        ro = generate_rollouts.fn(session, 0)
+        sc = score_rewards.fn(session, ro)
+        first = session.trainer
+        optimize = Trainer.optimize
+        monkeypatch.setattr(Trainer, "optimize", lambda self, work: (_ for _ in ()).throw(RuntimeError("boom")))
+        with pytest.raises(RuntimeError, match="boom"):
+            update_policy.fn(session, ro, sc)
+        assert session.trainer is not first  # rebuilt from the saved state, not reused half-updated
+        assert session.trainer.round == 0 and not session.in_flight
+        with pytest.raises(RuntimeError, match="no policy update in this process"):
+            finish_round.fn(session, 0, None)
+        # what a Prefect retry does: the same task again, on the rebuilt trainer, from the stored stage outputs
+        monkeypatch.setattr(Trainer, "optimize", optimize)
+        assert update_policy.fn(session, ro, sc)["round"] == 0
+        assert finish_round.fn(session, 0, None)["nfe"] > 0 and session.trainer.round == 1
+        session.discard()
+        assert _lock_probe(spec.run_path).returncode != 0  # the session holds the run folder, trainer or not
+    assert _lock_probe(spec.run_path).returncode == 0  # given back at the end of the block
+
+
+def _lock_probe(run_path) -> subprocess.CompletedProcess:
+    """Another process trying to take the run folder's lock."""
+    return subprocess.run([sys.executable, "-c", "import sys; from aegpo.run_lock import RunLock; "
+                           "RunLock(sys.argv[1])", str(run_path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+
+
+def test_a_session_is_passed_by_reference_never_serialised(make_project):
+    """Prefect records the round subflow's session parameter as a placeholder, without walking the trainer."""
+    from flows.train import train_round
+
+    proj = make_project(strategy="grpo")
+    spec = prepare_run("params.yaml", [], proj, need_tracking=False)
+    with open_session(spec) as session:
+        trainer = session.trainer
+        assert train_round.serialize_parameters({"session": session, "round_idx": 3}) == {
+            "session": "<TrainingSession>", "round_idx": 3}
+        assert train_round.validate_parameters({"session": session, "round_idx": 3})["session"] is session
+        assert session.trainer is trainer
 
 
 def test_profile_is_reused_and_keyed_on_what_changes_it(make_project):
