@@ -1,7 +1,7 @@
 """Progress lines for the pipeline, logged through the Prefect logger (the flow-run page, `prefect deployment
 run --watch`, and the console of `aegpo pipeline train` / `dvc repro` all show them; no terminal bar does).
 
-    round 3/45: reward 0.312, NFE 12,345, 1m42s elapsed, ETA 24m10s
+    round 3/45: reward 0.312, NFE 12,345, 1m42s elapsed, ETA 24m10s, entropy probes 320 NFE
     base-entropy profile: 40% (1,166/2,914 prompts), 1m02s elapsed, ETA 1m33s
 """
 
@@ -38,14 +38,19 @@ class RoundProgress:
         self.start = clock()
 
     def line(self, round_idx: int, reward_mean: float | None, nfe: int, eval_metrics: dict[str, Any] | None = None,
-             rejected: str | None = None) -> str:
-        """The progress line after round `round_idx` (0-based) finished (or was rejected: `rejected` says why)."""
+             rejected: str | None = None, probe_nfe: int = 0) -> str:
+        """The progress line after round `round_idx` (0-based) finished (or was rejected: `rejected` says why).
+
+        `probe_nfe`: the round's entropy probes (the lazy base profile's new prompts and the current policy's
+        ΔEntropy probes), shown when there were any: profiling progresses with the rounds."""
         done = round_idx + 1
         elapsed = self.clock() - self.start
         reward = (f"rejected ({rejected})" if rejected else "reward ?" if reward_mean is None  # a retried round
                   else f"reward {reward_mean:.4f}")
         text = (f"round {done}/{self.rounds}: {reward}, NFE {nfe:,}, {duration(elapsed)} elapsed, "
                 f"ETA {eta(elapsed, done - self.first, self.rounds - self.first)}")
+        if probe_nfe:
+            text += f", entropy probes {probe_nfe:,} NFE"
         if eval_metrics:  # the reward's headline metrics (shapes: strict, dense)
             text += "".join(f", eval {k} {v:.3f}" for k, v in list(eval_metrics.items())[:2])
         return text

@@ -205,8 +205,9 @@ def finish_round(session: TrainingSession, round_idx: int, evaluation: dict[str,
         session.store.drop_transitions(round_idx)
     except (OSError, StorageError) as err:  # only space is at stake: the round is complete and saved
         run_logger().warning("round %d: could not remove its transitions: %s", round_idx, err)
+    rejected = isinstance(record, RejectedRound)
     return {"round": round_idx, "nfe": record.nfe, "reward_mean": record.reward_mean,
-            "rejected": record.rejected if isinstance(record, RejectedRound) else None,
+            "probe_nfe": 0 if rejected else record.probe_nfe, "rejected": record.rejected if rejected else None,
             "eval": (evaluation or {}).get("metrics")}
 
 

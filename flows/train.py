@@ -257,7 +257,7 @@ def train_flow(params_path: str | None = "params.yaml", overrides: list[str] | N
             for r in range(state["round"], state["rounds"]):
                 result = train_round(session, r)
                 log.info(progress.line(r, result.get("reward_mean"), result.get("nfe", 0), result.get("eval"),
-                                       result.get("rejected")))
+                                       result.get("rejected"), result.get("probe_nfe", 0)))
             return finalize_run(spec, export_dir, reports_dir)
     except BaseException:
         tracker.finish(run_id, "FAILED")

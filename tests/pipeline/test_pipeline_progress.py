@@ -25,6 +25,8 @@ def test_round_lines_count_this_sessions_pace():
     clock.now += 30.0  # two rounds in 30 s: 15 s a round, 8 rounds left
     line = progress.line(11, 0.3125, 12345, {"strict": 0.5, "dense": 0.7, "reward": 0.6})
     assert line == "round 12/20: reward 0.3125, NFE 12,345, 30s elapsed, ETA 2m00s, eval strict 0.500, eval dense 0.700"
+    probed = progress.line(11, 0.3125, 12345, probe_nfe=320)  # the lazy base profile's new prompts, ΔEntropy probes
+    assert probed == "round 12/20: reward 0.3125, NFE 12,345, 30s elapsed, ETA 2m00s, entropy probes 320 NFE"
     rejected = progress.line(12, None, 12400, None, "reward: 1 of 6 values are NaN or inf")
     assert rejected.startswith("round 13/20: rejected (reward: 1 of 6 values are NaN or inf), NFE 12,400")
 
