@@ -8,7 +8,6 @@ per-object colour drift and a grey haze are applied.
 
 from __future__ import annotations
 
-import time
 import zlib
 
 import numpy as np
@@ -378,16 +377,3 @@ def test_verify_batch_matches_verify():
     out = verify_batch(images, prompts)
     assert all(isinstance(v, Verdict) for v in out)
     assert out == [verify_prompt(im, p) for im, p in zip(images, prompts)]
-
-
-def test_verify_is_fast():
-    rng = np.random.default_rng(11)
-    reqs = [random_request(rng) for _ in range(100)]
-    images = [ind_draw(ind_place(kinds_of(ph), rng, rel), rng, noise=6.0) for _, ph, rel in reqs]
-    prompts = [p for p, _, _ in reqs]
-    verify_batch(np.stack(images[:5]), prompts[:5])  # warm up
-    t0 = time.perf_counter()
-    verify_batch(np.stack(images), prompts)
-    per = (time.perf_counter() - t0) / len(images)
-    print(f"verify: {per * 1e3:.3f} ms per image")
-    assert per < 2e-3, f"verify took {per * 1e3:.2f} ms per image"
