@@ -19,9 +19,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-# --no-compile: byte-compiling every installed package took about 60 of the 200 s set-up here; Python compiles
-# (and caches) only the modules the job imports.
-.venv/bin/python -m pip install -q --no-compile torch==2.13.0 -e '.[pipeline,dev]'
+# Keep pip's byte-compiling (about 60 s here): with PYTHONDONTWRITEBYTECODE=1, as on this machine, a venv
+# installed with --no-compile recompiles torch & co. from source in every process (docs/findings.md §2e).
+.venv/bin/python -m pip install -q torch==2.13.0 -e '.[pipeline,dev]'
 export PATH="$ROOT/.venv/bin:$PATH"
 
 # One Prefect server for every stage (a stage alone would start a temporary one, ~10 s each).

@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q --no-compile torch==2.13.0 -e '.[pipeline,dev]'  # (why: scripts/main.sh)
+.venv/bin/python -m pip install -q torch==2.13.0 -e '.[pipeline,dev]'
 .venv/bin/ruff check .                       # lint: pyflakes, pycodestyle (120 columns), import order
 # The default set (pyproject: not slow, not gpu); the long end-to-end runs: bash scripts/test.sh -m "slow and not gpu"
 .venv/bin/python -m pytest -q "$@"
