@@ -16,12 +16,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=
        PREFECT_HOME="${PREFECT_HOME:-$ROOT/.prefect}" PREFECT_LOGGING_EXTRA_LOGGERS=aegpo \
        PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED=true PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED=true
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-# Keep pip's byte-compiling (about 60 s here): with PYTHONDONTWRITEBYTECODE=1, as on this machine, a venv
-# installed with --no-compile recompiles torch & co. from source in every process (docs/findings.md §2e).
-.venv/bin/python -m pip install -q torch==2.13.0 -e '.[pipeline,dev]'
+source scripts/setup_venv.sh  # .venv with the project (uv; AEGPO_INSTALLER=pip for pip alone)
 export PATH="$ROOT/.venv/bin:$PATH"
 
 # One Prefect server for every stage (a stage alone would start a temporary one, ~10 s each).
