@@ -618,12 +618,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RunNameFormatter(logging.Formatter):
+    """Adds the Prefect task or flow run a record comes from (`[update-policy-r0005]`), else nothing.
+
+    Prefect's run loggers attach `task_run_name` / `flow_run_name` to their records; without them its
+    lines ("Finished in state Completed()") do not say which stage finished. Reads attributes only:
+    the library does not import Prefect.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        run = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+        record.run = f" [{run}]" if run else ""
+        return super().format(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(RunNameFormatter("%(levelname)s %(name)s%(run)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     from aegpo.io_utils import shorten
 
     try:

@@ -33,6 +33,9 @@ from flows import media
 from flows.calibration_tracking import log_peak_calibration
 
 log = logging.getLogger("aegpo.flows.tracking")
+# MLflow draws a "Downloading artifacts" progress bar for every table it reads back (the allocation table each round):
+# two bar lines a round in the job's log and nothing to watch. Off unless the user asks for it.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 # MLflow 3 opens an experiment in its GenAI view (traces, "Evaluation runs") unless told it is a model-training one:

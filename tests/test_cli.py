@@ -74,3 +74,20 @@ def test_console_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "aegpo.cli", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("pretrain", "train", "sample", "evaluate", "score"):
         assert cmd in out.stdout
+
+
+def test_log_lines_name_the_prefect_run_they_come_from():
+    import logging
+
+    from aegpo.cli import RunNameFormatter
+
+    fmt = RunNameFormatter("%(levelname)s %(name)s%(run)s: %(message)s")
+    task = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "Finished in state %s", ("Completed()",),
+                             None)
+    task.task_run_name, task.flow_run_name = "update-policy-r0005", "round-0005"
+    flow = logging.LogRecord("prefect.flow_runs", logging.INFO, __file__, 1, "round 6/22", None, None)
+    flow.flow_run_name = "round-0005"
+    plain = logging.LogRecord("aegpo.trainer", logging.INFO, __file__, 1, "round 5: reward 0.3", None, None)
+    assert fmt.format(task) == "INFO prefect.task_runs [update-policy-r0005]: Finished in state Completed()"
+    assert fmt.format(flow) == "INFO prefect.flow_runs [round-0005]: round 6/22"
+    assert fmt.format(plain) == "INFO aegpo.trainer: round 5: reward 0.3"

@@ -7,6 +7,7 @@ Prefect is imported. Nothing here needs the network or a GPU.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="aegpo-test-prefect-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # after the session's server has stopped
 os.environ["PREFECT_HOME"] = _HOME  # before anything imports prefect
 for _var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "AEGPO_STORAGE_URI", "AEGPO_S3_ENDPOINT_URL",
              "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_PROFILE"):
