@@ -15,7 +15,9 @@ case "${AEGPO_INSTALLER:-uv}" in
       .venv/bin/python -m pip install -qq "uv==$AEGPO_UV_VERSION"  # -qq: not pip's index warnings
     fi
     # uv does not read pip's configuration: pass on pip's local wheel folders (find-links), where a machine may
-    # keep wheels such as the CPU torch build that pip would take from there.
+    # keep wheels such as the CPU torch build that pip would take from there. Pip's index settings are not passed
+    # on (uv takes the first index that has a package, pip the best version of all): behind a package mirror, set
+    # UV_INDEX_URL, or use AEGPO_INSTALLER=pip.
     links=()
     for link in ${PIP_FIND_LINKS:-} $(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true); do
       links+=(--find-links "$link")
