@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -156,15 +157,18 @@ def train_on_ranks(spec: RunSpec, nproc: int) -> dict[str, Any]:
         proc = subprocess.Popen(cmd, cwd=spec.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         tail: list[str] = []
+        first_error = FirstTraceback()
         for line in proc.stdout:  # the ranks' output into the flow run's log
             line = line.rstrip()
             tail = [*tail[-40:], line]
+            first_error.feed(line)
             if line:
                 log.info("%s", line)
         rc = proc.wait()
     if rc != 0:
+        error = f"First error:\n{first_error.text()}\n" if first_error.lines else ""
         raise RuntimeError(f"torchrun of {nproc} ranks failed (exit {rc}); the run keeps its last saved round. "
-                           "Last output:\n" + "\n".join(tail[-15:]))
+                           + error + "Last output:\n" + "\n".join(tail[-15:]))
     progress = _run_progress(spec)
     from flows.tasks import publish_allocation, round_summary_markdown
 
@@ -174,6 +178,32 @@ def train_on_ranks(spec: RunSpec, nproc: int) -> dict[str, Any]:
         publish_allocation(record, f"ΔEntropy and rollouts per prompt, round {record.round} of {spec.run_name}")
     _push_run(spec, progress["round"])
     return {"round": progress["round"], "nfe": progress["nfe"], "ranks": nproc}
+
+
+class FirstTraceback:
+    """The first Python traceback in the ranks' merged output: the failed rank's own error, which torchrun's
+    closing summary leaves out (it names the rank and its exit code only)."""
+
+    PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:")  # torchrun's optional per-rank line prefix
+
+    def __init__(self, limit: int = 60) -> None:
+        self.lines: list[str] = []
+        self.limit, self.done = limit, False
+
+    def feed(self, line: str) -> None:
+        if self.done:
+            return
+        body = self.PREFIX.sub("", line)
+        if not self.lines:
+            if body.startswith("Traceback (most recent call last)"):
+                self.lines.append(line)
+            return
+        self.lines.append(line)
+        # the exception line is the first one after the header that is not indented
+        self.done = bool(body) and not body[0].isspace() or len(self.lines) >= self.limit
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
 
 def _push_run(spec: RunSpec, rounds: int) -> None:
