@@ -156,19 +156,16 @@ def train_on_ranks(spec: RunSpec, nproc: int) -> dict[str, Any]:
         log.info("starting %d ranks: %s", nproc, " ".join(cmd))
         proc = subprocess.Popen(cmd, cwd=spec.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
-        tail: list[str] = []
-        first_error = FirstTraceback()
+        output = RankOutput()
         for line in proc.stdout:  # the ranks' output into the flow run's log
             line = line.rstrip()
-            tail = [*tail[-40:], line]
-            first_error.feed(line)
+            output.feed(line)
             if line:
                 log.info("%s", line)
         rc = proc.wait()
     if rc != 0:
-        error = f"First error:\n{first_error.text()}\n" if first_error.lines else ""
-        raise RuntimeError(f"torchrun of {nproc} ranks failed (exit {rc}); the run keeps its last saved round. "
-                           + error + "Last output:\n" + "\n".join(tail[-15:]))
+        raise RuntimeError(f"torchrun of {nproc} ranks failed (exit {rc}); the run keeps its last saved round.\n"
+                           + output.report())
     progress = _run_progress(spec)
     from flows.tasks import publish_allocation, round_summary_markdown
 
@@ -180,30 +177,50 @@ def train_on_ranks(spec: RunSpec, nproc: int) -> dict[str, Any]:
     return {"round": progress["round"], "nfe": progress["nfe"], "ranks": nproc}
 
 
-class FirstTraceback:
-    """The first Python traceback in the ranks' merged output: the failed rank's own error, which torchrun's
-    closing summary leaves out (it names the rank and its exit code only)."""
+class RankOutput:
+    """The ranks' merged output, kept for the error of a failed run.
 
+    torchrun's closing report names the failed rank and its exit code only. The error itself is in what the
+    ranks printed before it: their first Python traceback, or, for a rank that exits without one (an
+    interpreter-level error, `sys.exit(1)`), their last lines. torchrun's first error line (glog style,
+    `E1201 08:19:19.123 ... failed (exitcode: 1) local_rank: 1`) marks the start of its report; its warnings
+    (`W1201 ...`, printed at start) do not.
+    """
+
+    LAUNCHER = re.compile(r"^E\d{4} \d\d:\d\d:\d\d")
     PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:")  # torchrun's optional per-rank line prefix
 
-    def __init__(self, limit: int = 60) -> None:
-        self.lines: list[str] = []
-        self.limit, self.done = limit, False
+    def __init__(self, keep: int = 30, traceback_limit: int = 60) -> None:
+        self.before: list[str] = []  # the last `keep` rank lines before torchrun's report
+        self.traceback: list[str] = []  # the ranks' first traceback
+        self.tail: list[str] = []  # the last lines of all output (torchrun's report included)
+        self.keep, self.limit = keep, traceback_limit
+        self._launcher = self._traceback_done = False
 
     def feed(self, line: str) -> None:
-        if self.done:
+        self.tail = [*self.tail[-14:], line]
+        if self._launcher or self.LAUNCHER.match(line):
+            self._launcher = True
             return
+        self.before = [*self.before[-(self.keep - 1):], line]
         body = self.PREFIX.sub("", line)
-        if not self.lines:
-            if body.startswith("Traceback (most recent call last)"):
-                self.lines.append(line)
+        if self._traceback_done:
             return
-        self.lines.append(line)
+        if not self.traceback:
+            if body.startswith("Traceback (most recent call last)"):
+                self.traceback.append(line)
+            return
+        self.traceback.append(line)
         # the exception line is the first one after the header that is not indented
-        self.done = bool(body) and not body[0].isspace() or len(self.lines) >= self.limit
+        self._traceback_done = bool(body) and not body[0].isspace() or len(self.traceback) >= self.limit
 
-    def text(self) -> str:
-        return "\n".join(self.lines)
+    def report(self) -> str:
+        """The first traceback if a rank printed one, else the ranks' last lines; then torchrun's last lines."""
+        if self.traceback:
+            head = "First error:\n" + "\n".join(self.traceback)
+        else:
+            head = "The ranks' last output:\n" + "\n".join(self.before or ["(none)"])
+        return head + "\ntorchrun's last output:\n" + "\n".join(self.tail)
 
 
 def _push_run(spec: RunSpec, rounds: int) -> None:
