@@ -188,7 +188,7 @@ class RankOutput:
     """
 
     LAUNCHER = re.compile(r"^E\d{4} \d\d:\d\d:\d\d")
-    PREFIX = re.compile(r"^\[(?:default)?rank\d+\]:")  # torchrun's optional per-rank line prefix
+    PREFIX = re.compile(r"^\[(?:default)?rank\d+\]: ?")  # torch's per-rank prefix of uncaught errors: "[rank1]: "
 
     def __init__(self, keep: int = 30, traceback_limit: int = 60) -> None:
         self.before: list[str] = []  # the last `keep` rank lines before torchrun's report

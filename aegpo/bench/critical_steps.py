@@ -28,6 +28,7 @@ settings), `critical_steps.png`, `table.md`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aegpo.io_utils import atomic_write_json, atomic_write_text
+from aegpo.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 BOOTSTRAP = 2000
@@ -197,13 +198,12 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
                  f"{result['direction']} ({result['prompts']} prompts × {result['group']})", fontsize=10)
     fig.legend(loc="upper center", fontsize=8, bbox_to_anchor=(0.5, 0.9))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    # a unique temporary name: every rank of a multi-process run calibrates and writes the same plot
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def table_markdown(result: dict[str, Any]) -> str:

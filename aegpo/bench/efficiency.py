@@ -23,6 +23,7 @@ Rows (`--strategies`, comma-separated) are strategies (`aegpo`) or named variant
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import re
@@ -273,11 +274,11 @@ def run_efficiency(params: Params, spec: BenchSpec, out: str | Path) -> dict[str
                        for strategy, seed in pairs]
             for future in futures:
                 rows += future.result()
-    with open(out / "curves.csv.tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "curves.csv.tmp").replace(out / "curves.csv")
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "curves.csv", buf.getvalue())
     summary = summarize(rows, spec, base_eval["strict"])
     summary["settings"] = {"nfe_budget": spec.nfe_budget, "eval_every_nfe": spec.eval_every_nfe,
                            "machine": machine_description(), "jobs": spec.jobs, "date": time.strftime("%Y-%m-%d"),

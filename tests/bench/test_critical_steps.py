@@ -130,3 +130,28 @@ def test_train_prints_time_to_first_round_and_the_calibrated_direction(tmp_path,
     assert "time to first round: " in out
     line = next(x for x in out.splitlines() if x.startswith("peak direction: "))
     assert "(auto; Spearman" in line and "NFE counted" in line and "critical-steps-" in line
+
+
+def _plot_many(path: str, times: int) -> None:
+    from aegpo.bench.critical_steps import plot
+
+    result = {"steps": [{"step": t, "reward_spread": 0.1 * t, "entropy": 1.0 + t, "candidate": True} for t in range(4)],
+              "rho": 0.5, "ci_low": 0.1, "ci_high": 0.9, "direction": "high", "prompts": 3, "group": 3}
+    for _ in range(times):
+        plot(result, path)
+
+
+def test_ranks_writing_the_same_plot_at_once_both_succeed(tmp_path):
+    # Every rank of a multi-process run calibrates and writes the same cached plot (a shared temporary name made
+    # one rank's rename fail: "No such file or directory: .critical-steps-….png.tmp.png").
+    import multiprocessing as mp
+
+    path = str(tmp_path / "critical-steps-x.png")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_plot_many, args=(path, 15)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert Path(path).read_bytes().startswith(b"\x89PNG") and [p.name for p in tmp_path.iterdir()] == [Path(path).name]

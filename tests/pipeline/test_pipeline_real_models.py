@@ -107,8 +107,8 @@ def test_aegpo_pipeline_train_with_pickscore(kind, tiny_models, prefect_api, mlf
     overrides = [*_in_project(project, tiny_models, kind, "pickscore"), *RUN]
     rc = main(["pipeline", "train", "--project-dir", str(project), "--reports", "reports",
                *[a for o in overrides for a in ("-S", o)]])
-    out = capsys.readouterr().out
-    assert rc == 0, out
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err  # the flow's log (stderr) holds a failed rank's error
     assert "eval pickscore:" in out and "(base) ->" in out and "strict" not in out, out
 
     [run_dir] = list((project / "runs" / "train").iterdir())

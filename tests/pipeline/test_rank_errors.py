@@ -43,5 +43,5 @@ def test_a_rank_that_exits_without_a_traceback_shows_its_last_lines():
 
 
 def test_rank_prefixed_tracebacks():
-    prefixed = "".join(f"[rank1]:{line}\n" for line in RANK_TRACEBACK.splitlines())
+    prefixed = "".join(f"[rank1]: {line}\n" for line in RANK_TRACEBACK.splitlines())
     assert feed(prefixed + LAUNCHER).traceback == prefixed.splitlines()
