@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """How much a prompt's probed Entropy(t) depends on the size of the batch it was probed in.
 
-    .venv/bin/python scripts/probe_batch_numerics.py [--params params.yaml] [--prompts 16] [--threads 1]
+    .venv/bin/python scripts/probe_batch_numerics.py [--params params.yaml] [--prompts 64] [--threads 2]
 
 The base profile is lazy: a prompt's base Entropy(t) is probed in whatever batch first needs it (the new prompts of
-a round: 16, 15, ..., 1), while the `profile` stage probes 64 at a time. Float kernels may differ with the batch
+a round, up to 16), while the `profile` stage probes 64 at a time. Float kernels may differ with the batch
 size, so the same prompt can get slightly different values, and ΔEntropy's median split can flip where two prompts
 are nearly tied. This prints, for each batch size n, the largest |difference| of the first n prompts' Entropy(t)
 (every step and layer) against the same prompts probed in one batch of `--prompts`, and repeats the full batch to
@@ -29,7 +29,7 @@ from aegpo.prompt_files import read_prompt_file
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--prompts", type=int, default=16, help="the reference batch: the first N train prompts")
+    p.add_argument("--prompts", type=int, default=64, help="the reference batch: the first N train prompts")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,7 +48,7 @@ def main() -> None:
         print(f"reference magnitude: mean |Entropy| {ref.abs().mean().item():.4f}")
         rerun = probe(policy, prompts, spec, recorder).entropy_layers
         print(f"rerun of the reference batch: max |diff| {(ref - rerun).abs().max().item():.3g}")
-        for n in sorted({1, 2, 3, 4, 5, 8, len(prompts) - 1} & set(range(1, len(prompts)))):
+        for n in sorted({1, 2, 3, 4, 5, 8, 16, len(prompts) - 1} & set(range(1, len(prompts)))):
             part = probe(policy, prompts[:n], spec, recorder).entropy_layers
             print(f"batch of {n:2d}: max |diff| {(ref[:n] - part).abs().max().item():.3g}")
 
