@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How much a prompt's probed Entropy(t) depends on the size of the batch it was probed in.
 
-    .venv/bin/python scripts/probe_batch_numerics.py [--params params.yaml] [--prompts 64] [--threads 2]
+    .venv/bin/python scripts/probe_batch_numerics.py [--params params.yaml] [--prompts 64] [--threads 1]
 
 The base profile is lazy: a prompt's base Entropy(t) is probed in whatever batch first needs it (the new prompts of
 a round, up to 16), while the `profile` stage probes 64 at a time. Float kernels may differ with the batch
