@@ -13,7 +13,9 @@ Outputs in `--out DIR`:
   over seeds, wall time;
 - `summary.json`: per row `nfe_to_target` (mean) and `nfe_to_target_per_seed`, `final_strict_mean`,
   `final_strict_std`, `time_to_first_round_s_per_seed` (model loading, calibration and round 0), `seeds`, …
-- `runs/<row>-s<seed>/`: each run's round logs (resumable: an interrupted benchmark continues).
+- `runs/<row>-s<seed>/`: each run's round logs and curve. An interrupted benchmark continues: finished runs are
+  reused, and an unfinished one resumes from its last round (its state is saved every round, its evals as they
+  happen, and both are removed once the run has finished).
 
 Rows (`--strategies`, comma-separated) are strategies (`aegpo`) or named variants
 `name=strategy+key=value+key=value` with parameter overrides in the `-S` grammar, e.g.
@@ -27,6 +29,7 @@ import io
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,41 +93,77 @@ class BenchSpec:
 
 def run_one(params: Params, spec: BenchSpec, out: Path, strategy: str, seed: int, base_eval: dict[str, Any],
             train_prompts: list[str], eval_prompts: list[str]) -> list[dict[str, Any]]:
-    """Train one (strategy, seed) to the NFE budget; returns its curve rows (cached on disk)."""
+    """Train one (strategy, seed) to the NFE budget; returns its curve rows (cached on disk).
+
+    An interrupted run resumes where its saved state left off (the trainer replays exactly) and keeps the evals it
+    had already recorded (`curve.partial.json`, written after each one), so its curve equals an uninterrupted run's.
+    """
     from aegpo.trainer import Trainer
 
     name = strategy  # the row's name; its strategy and overrides come from the spec
     run_dir = out / "runs" / f"{name}-s{seed}"
-    done = run_dir / "curve.json"
+    done, partial = run_dir / "curve.json", run_dir / "curve.partial.json"
     if done.is_file():
         return json.loads(done.read_text())
     p = row_params(params, spec, name, seed, run_dir)
     t0 = time.perf_counter()  # time to first round: from here (model loading, calibration) to the end of round 0
     trainer = Trainer(p, train_prompts, eval_prompts, progress=False)
-    rows = [{"strategy": name, "seed": seed, "round": 0, "nfe": 0, "strict": base_eval["strict"],
-             "dense": base_eval["dense"], "train_reward": float("nan"), "wall_seconds": 0.0}]
-    start = time.perf_counter()
-    next_eval = spec.eval_every_nfe
-    first_round = None
+    rows, first_round = _resume_curve(partial, trainer.round, name, seed, base_eval)
+    if first_round is None and trainer.history:  # resumed before its first eval: the trainer's own measure
+        first_round = trainer.history[0].seconds_to_first_round
+    record = None  # the last round this process ran (a resumed run's earlier ones are in trainer.history)
+    start = time.perf_counter() - rows[-1]["wall_seconds"]  # wall time counts this run's work, not the pause
+    next_eval = spec.eval_every_nfe * (int(rows[-1]["nfe"] // spec.eval_every_nfe) + 1)
     while True:
-        record = trainer.run_round()
-        if first_round is None:
-            first_round = round(time.perf_counter() - t0, 2)
+        # an eval is due after a round that crossed the next multiple (or the budget) and is not recorded yet;
+        # this also catches the eval a kill interrupted, since the state is saved before it
         finished = trainer.nfe >= spec.nfe_budget
-        if trainer.nfe >= next_eval or finished:
+        if trainer.round > rows[-1]["round"] and (trainer.nfe >= next_eval or finished):
             ev = trainer.evaluate()
+            last = record if record is not None else (trainer.history[-1] if trainer.history else None)
             rows.append({"strategy": name, "seed": seed, "round": trainer.round, "nfe": trainer.nfe,
-                         "strict": ev["strict"], "dense": ev["dense"], "train_reward": record.reward_mean,
+                         "strict": ev["strict"], "dense": ev["dense"],
+                         "train_reward": last.reward_mean if last is not None else float("nan"),
                          "wall_seconds": round(time.perf_counter() - start, 2)})
             log.info("%s seed %d: round %d nfe %d strict %.3f", name, seed, trainer.round, trainer.nfe, ev["strict"])
             while next_eval <= trainer.nfe:
                 next_eval += spec.eval_every_nfe
+            atomic_write_json(partial, {"first_round_seconds": first_round, "rows": rows})
         if finished:
             break
+        record = trainer.run_round()
+        if first_round is None and trainer.round == 1:  # this process ran round 0
+            first_round = round(time.perf_counter() - t0, 2)
+    trainer.close()
     for r in rows:
         r["first_round_seconds"] = first_round
     atomic_write_json(done, rows)
+    partial.unlink(missing_ok=True)
+    for folder in ("state", "checkpoint"):  # kept only to resume; a finished run is its curve
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
     return rows
+
+
+def _resume_curve(partial: Path, round_: int, name: str, seed: int,
+                  base_eval: dict[str, Any]) -> tuple[list[dict[str, Any]], float | None]:
+    """The evals a run recorded before its interruption, up to the round its trainer resumed at (a state saved less
+    often than every round resumes earlier; the later evals are then redone, identically); a fresh run has only the
+    base row. Returns (rows, time to first round or None)."""
+    rows = [{"strategy": name, "seed": seed, "round": 0, "nfe": 0, "strict": base_eval["strict"],
+             "dense": base_eval["dense"], "train_reward": float("nan"), "wall_seconds": 0.0}]
+    if round_ == 0 or not partial.is_file():
+        return rows, None
+    try:
+        saved = json.loads(partial.read_text())
+        kept = [r for r in saved["rows"] if r["round"] <= round_]
+        first = saved["first_round_seconds"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{partial}: not a curve this benchmark wrote ({e}); delete the run folder "
+                         f"{partial.parent} to start that run over") from e
+    if not kept or kept[0]["nfe"] != 0:
+        raise ValueError(f"{partial}: does not start at the base (round 0, NFE 0); delete the run folder "
+                         f"{partial.parent} to start that run over")
+    return kept, first
 
 
 def row_params(params: Params, spec: BenchSpec, name: str, seed: int, run_dir: Path) -> Params:
@@ -132,7 +171,7 @@ def row_params(params: Params, spec: BenchSpec, name: str, seed: int, run_dir: P
     strategy, overrides = spec.row(name)
     return params_from_dict(apply_overrides(params.model_dump(mode="json"), [
         *overrides, f"seed={seed}", f"train.strategy={strategy}", f"train.out_dir={run_dir}", "train.rounds=1000000",
-        "train.eval_every=0", "train.eval_base=false", "train.save_every=1000000"]), f"bench row {name}")
+        "train.eval_every=0", "train.eval_base=false", "train.save_every=1"]), f"bench row {name}")
 
 
 def nfe_to_reach(curve: list[dict[str, Any]], target: float) -> float:

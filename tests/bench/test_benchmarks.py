@@ -93,3 +93,56 @@ def test_overhead_benchmark_end_to_end(tiny_base, tmp_path):
     assert set(rows) == {"off", "full", "one-layer"}
     assert rows["full"]["peak_overlap"] == 1.0 and rows["full"]["prompt_rank_corr"] > 0.99
     assert (tmp_path / "ovh" / "overhead.md").is_file() and (tmp_path / "ovh" / "overhead.csv").is_file()
+
+
+class _Killed(Exception):
+    """Stands in for a kill: the run stops wherever it is."""
+
+
+def _kill_at(monkeypatch, method: str, call: int) -> None:
+    """Make the `call`-th call of Trainer.<method> (1-based) raise, as if the process died there."""
+    from aegpo.trainer import Trainer
+
+    real, calls = getattr(Trainer, method), {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise _Killed(f"{method} call {call}")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, method, dying)
+
+
+@pytest.mark.parametrize("method, call", [("run_round", 4), ("evaluate", 2)])
+def test_an_interrupted_run_resumes_with_the_evals_it_had(tiny_base, tmp_path, monkeypatch, method, call):
+    """Killed in a round after its first eval, or inside its second eval (after the round's state was saved): the
+    resumed run's curve equals an uninterrupted run's, evals and NFE included."""
+    from aegpo.bench.efficiency import run_one
+
+    params = _params(tiny_base, tmp_path)
+    spec = BenchSpec(strategies=["grpo"], seeds=[0], nfe_budget=70, eval_every_nfe=15)
+    base = {"strict": 0.5, "dense": 0.5}
+    args = (params, spec)
+    whole = run_one(*args, tmp_path / "whole", "grpo", 0, base, ["a red circle", "two blue squares"], ["a blue circle"])
+    assert len(whole) >= 4  # base + at least three evals, so the kill lands between them
+    with monkeypatch.context() as m:
+        _kill_at(m, method, call)
+        with pytest.raises(_Killed):
+            run_one(*args, tmp_path / "cut", "grpo", 0, base, ["a red circle", "two blue squares"], ["a blue circle"])
+    run_dir = tmp_path / "cut" / "runs" / "grpo-s0"
+    assert (run_dir / "curve.partial.json").is_file() and (run_dir / "state").is_dir()
+    from aegpo.trainer import Trainer
+
+    real, ran = Trainer.run_round, []
+    monkeypatch.setattr(Trainer, "run_round", lambda self: ran.append(self.round) or real(self))
+    resumed = run_one(*args, tmp_path / "cut", "grpo", 0, base, ["a red circle", "two blue squares"],
+                      ["a blue circle"])
+    assert ran and ran[0] > 0, f"the resumed run started over at round {ran[:1]}"
+
+    def key(rows):
+        return [(r["round"], r["nfe"], r["strict"], r["dense"], r["train_reward"]) for r in rows[1:]]
+
+    assert key(resumed) == key(whole)
+    assert resumed[0]["nfe"] == 0 and resumed[-1]["nfe"] >= spec.nfe_budget
+    assert not any((run_dir / name).exists() for name in ("curve.partial.json", "state", "checkpoint"))
